@@ -1,0 +1,31 @@
+"""Typed errors raised by the library.
+
+Every error here describes a problem the user can act on; its message says what is
+wrong and how to fix it, in one line. Only the CLI turns them into messages and exit
+codes, so library code stays usable from Python.
+"""
+
+
+class CertifyError(Exception):
+    """Base class: a problem with the user's input or environment."""
+
+
+class DataError(CertifyError):
+    """A data set is missing, unknown or unreadable."""
+
+
+class ModelError(CertifyError):
+    """A model or architecture is unknown, or cannot be built or converted."""
+
+
+class CheckpointError(CertifyError):
+    """A checkpoint file is missing, corrupt or does not fit the architecture."""
+
+
+class UsageError(CertifyError):
+    """Arguments that are invalid or contradict each other (eps, devices, paths)."""
+
+
+class SoundnessError(CertifyError):
+    """A consistency check of the results failed: a verified sample was attacked, or
+    error rates are out of order. This is a bug, never a result to report."""

@@ -1,0 +1,6 @@
+"""Architectures, the model registry, and loading of checkpoints and ONNX files.
+
+``create_model(name, ...)`` builds an architecture by name; ``list_models()`` names
+them all. Loading of foreign files lives in :mod:`model_zoo.checkpoints` and
+:mod:`model_zoo.onnx_loading`.
+"""
