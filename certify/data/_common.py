@@ -1,0 +1,68 @@
+"""Checks and conversions shared by the readers in :mod:`certify.data`.
+
+The readers (``mnist``, ``cifar``, ``tinyimagenet``) turn on-disk files into uint8
+arrays; this module holds what they have in common: choosing the slice of a split,
+converting pixels to floats the way torchvision's ``ToTensor`` does, checking labels,
+and wording the errors about a missing layout, so that all readers say it alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from certify.errors import DataError
+
+
+def resolve_slice(total: int, start: int, num_samples: int | None, what: str) -> tuple[int, int]:
+    """Return ``(start, stop)`` of the images to read from a split of ``total`` images.
+
+    ``num_samples`` past the end is clipped to the end, so "the first 1000" of a smaller
+    split is the whole split; the caller sees how many it got from the result's length.
+    """
+    if total == 0:
+        raise DataError(f"{what} holds no images: the files are empty, copy the data set again")
+    if start >= total:
+        raise DataError(
+            f"start={start} is beyond the end of {what}, which has {total:,} images: "
+            f"use a start below {total}"
+        )
+    stop = total if num_samples is None else min(total, start + num_samples)
+    return start, stop
+
+
+def to_float(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 pixels (N x C x H x W) to float32 in [0, 1], bit for bit like ``ToTensor``."""
+    # astype copies, so the tensor owns writable memory even when the input is a
+    # read-only view of a file buffer.
+    return torch.from_numpy(pixels.astype(np.float32)).div_(255.0)
+
+
+def to_labels(labels: np.ndarray, num_classes: int, source: Path) -> torch.Tensor:
+    """Check that labels are class indices and return them as an int64 tensor."""
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        bad = int(labels.max()) if int(labels.max()) >= num_classes else int(labels.min())
+        raise DataError(
+            f"{source} holds label {bad}, outside 0..{num_classes - 1}: "
+            "the file is corrupt or belongs to another data set"
+        )
+    return torch.from_numpy(labels.astype(np.int64))
+
+
+def not_found(what: str, expected: Path, layout: str, data_dir: Path, folder: str) -> DataError:
+    """The error for a data dir that exists but lacks a data set's folder or files."""
+    message = f"{what} not found: expected {expected} ({layout})"
+    if data_dir.name == folder:
+        # A common slip: pointing at the data set's own folder instead of its parent.
+        message += f"; data_dir looks like the {folder} folder itself, pass {data_dir.parent}"
+    else:
+        message += f"; data_dir must be the folder that holds {folder}/"
+    return DataError(message)
+
+
+def first_line(exc: BaseException) -> str:
+    """A one-line description of a low-level exception, for wrapping in a DataError."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

@@ -1,0 +1,150 @@
+"""Reader of CIFAR-10 in the python pickle batches that ``torchvision.datasets.CIFAR10``
+leaves on disk.
+
+Layout: ``<data_dir>/cifar-10-batches-py/`` with ``data_batch_1`` .. ``data_batch_5``
+(train) and ``test_batch`` (test). Each batch may hold any number of images, and the
+train split is whichever ``data_batch_*`` files exist, in order. Batches are read one
+after the other and reading stops once the requested slice is complete. Called through
+:func:`certify.data.load_split`.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+
+from certify.data._common import first_line, not_found, resolve_slice, to_float, to_labels
+from certify.datasets import Dataset, get_spec
+from certify.errors import DataError
+
+FOLDER = "cifar-10-batches-py"
+_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+_LAYOUT = "torchvision's layout cifar-10-batches-py/{data_batch_1..5,test_batch}"
+
+# The only globals a CIFAR-10 batch refers to: numpy's array reconstruction (under its
+# numpy 1 and numpy 2 module names) and the codec python 3 uses to pickle bytes.
+# Anything else would run arbitrary code on load, so it is refused.
+_ALLOWED_GLOBALS = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    def __init__(self, file: BinaryIO, path: Path) -> None:
+        # encoding="bytes" reads the official python 2 pickles; their keys become bytes.
+        super().__init__(file, encoding="bytes")
+        self._path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise DataError(
+                f"{self._path} refers to {module}.{name}, which no CIFAR-10 batch does: "
+                "refusing to unpickle it; replace it with the official file"
+            )
+        return super().find_class(module, name)
+
+
+def load(
+    data_dir: Path, split: str, start: int, num_samples: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read images ``[start, start + num_samples)`` of a CIFAR-10 split as (images, labels)."""
+    spec = get_spec(Dataset.CIFAR)
+    stop = None if num_samples is None else start + num_samples
+    pixels: list[np.ndarray] = []
+    labels: list[torch.Tensor] = []
+    offset = 0  # index in the split of the current batch's first image
+    for path in _batch_files(data_dir, split):
+        if stop is not None and offset >= stop:
+            break  # the slice is complete; later batches are not needed
+        data, batch_labels = _read_batch(path, spec.num_classes)
+        lo = max(start - offset, 0)
+        hi = len(data) if stop is None else min(len(data), stop - offset)
+        if lo < hi:
+            pixels.append(data[lo:hi])
+            labels.append(batch_labels[lo:hi])
+        offset += len(data)
+    # offset is the split's full size whenever start could lie beyond it, since reading
+    # stops early only after passing start.
+    resolve_slice(offset, start, num_samples, f"the CIFAR-10 {split} split")
+    images = np.concatenate(pixels).reshape(-1, spec.channels, spec.size, spec.size)
+    return to_float(images), torch.cat(labels)
+
+
+def _batch_files(data_dir: Path, split: str) -> list[Path]:
+    folder = data_dir / FOLDER
+    if not folder.is_dir():
+        raise not_found("CIFAR-10 folder", folder, _LAYOUT, data_dir, FOLDER)
+    files = [folder / name for name in _FILES[split] if (folder / name).is_file()]
+    if files:
+        return files
+    names = ", ".join(_FILES[split])
+    if not any(folder.iterdir()):
+        raise DataError(f"{folder} is empty: put the CIFAR-10 python batches there ({names})")
+    raise DataError(f"no CIFAR-10 {split} batch in {folder}: expected one of {names} ({_LAYOUT})")
+
+
+def _read_batch(path: Path, num_classes: int) -> tuple[np.ndarray, torch.Tensor]:
+    """Unpickle one batch and check it: (N x 3072 uint8 pixels, N labels)."""
+    try:
+        with path.open("rb") as f:
+            batch = _BatchUnpickler(f, path).load()
+    except DataError:
+        raise
+    except Exception as exc:
+        # A cut or damaged pickle fails in many ways (EOFError, UnpicklingError,
+        # ValueError, ...) depending on where the damage is; all mean the same here.
+        raise DataError(
+            f"{path} is a truncated or corrupt CIFAR-10 batch ({first_line(exc)}): "
+            "copy the file again"
+        ) from exc
+    if not isinstance(batch, dict):
+        raise DataError(
+            f"{path} is not a CIFAR-10 batch: it holds a {type(batch).__name__}, not a dict"
+        )
+    entries = {_text(key): value for key, value in batch.items()}
+    if "data" not in entries or "labels" not in entries:
+        raise DataError(
+            f"{path} is not a CIFAR-10 batch: it lacks a 'data' or 'labels' entry "
+            f"(it has {sorted(entries)})"
+        )
+    data = _check_data(entries["data"], path)
+    labels = np.asarray(entries["labels"])
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path} is corrupt: its 'labels' entry is not a list of integers")
+    if len(labels) != len(data):
+        raise DataError(
+            f"{path} is corrupt: it holds {len(data):,} images but {len(labels):,} labels"
+        )
+    return data, to_labels(labels, num_classes, path)
+
+
+def _check_data(data: object, path: Path) -> np.ndarray:
+    if not (
+        isinstance(data, np.ndarray)
+        and data.dtype == np.uint8
+        and data.ndim == 2
+        and data.shape[1] == 3 * 32 * 32
+    ):
+        shape = getattr(data, "shape", None)
+        raise DataError(
+            f"{path} is not a CIFAR-10 batch: 'data' must be an N x 3072 uint8 array, "
+            f"got {type(data).__name__} of shape {shape}"
+        )
+    return data
+
+
+def _text(key: object) -> object:
+    # Official batches have bytes keys under encoding="bytes"; re-pickled ones have str.
+    return key.decode("latin-1") if isinstance(key, bytes) else key
