@@ -8,12 +8,12 @@ describes data sets, so that models and loaders can agree on input shapes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from certify.errors import DataError
 
 
-class Dataset(str, Enum):
+class Dataset(StrEnum):
     MNIST = "mnist"
     CIFAR = "cifar"
     TINYIMAGENET = "tinyimagenet"
@@ -45,7 +45,11 @@ SPECS: dict[Dataset, DatasetSpec] = {
     ),
 }
 
-_ALIASES = {"cifar10": Dataset.CIFAR, "cifar-10": Dataset.CIFAR, "tiny-imagenet": Dataset.TINYIMAGENET}
+_ALIASES = {
+    "cifar10": Dataset.CIFAR,
+    "cifar-10": Dataset.CIFAR,
+    "tiny-imagenet": Dataset.TINYIMAGENET,
+}
 
 
 def parse_dataset(name: str | Dataset) -> Dataset:

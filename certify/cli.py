@@ -1,0 +1,52 @@
+"""The ``certify`` command line: a thin click layer over the library.
+
+Each command parses and validates its options, calls library functions and renders
+their results. Library errors (:class:`certify.errors.CertifyError`) become a one-line
+message and a non-zero exit code here, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from certify.errors import CertifyError
+
+
+class _Group(click.Group):
+    """Turns library errors into one-line messages with exit code 1."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except CertifyError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="certify")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """Certified robustness of image classifiers: train and verify."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+
+
+def main() -> None:
+    cli(prog_name="certify")
+
+
+def _register_commands() -> None:
+    from certify.commands.eval_command import eval_command
+    from certify.commands.models_command import models_command
+
+    cli.add_command(eval_command)
+    cli.add_command(models_command)
+
+
+_register_commands()
+
+if __name__ == "__main__":
+    sys.exit(main())

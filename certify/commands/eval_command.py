@@ -1,0 +1,79 @@
+"""``certify eval``: clean, PGD and verified error of a checkpoint or ONNX model."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from certify.evaluation import ProgressFn
+
+_METHODS_HELP = "Comma-separated bound methods: ibp, crown-ibp, crown."
+
+
+@click.command("eval")
+@click.argument("model_path", metavar="MODEL", required=False, type=click.Path(dir_okay=False))
+@click.option("--dataset", help="mnist, cifar or tinyimagenet (default: from the checkpoint).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data set.")
+@click.option("--eps", "eps_text", help="L_inf radius in [0,1] pixel space, e.g. 8/255 or 0.0314.")
+@click.option("--arch", help="Architecture of a foreign checkpoint (see `certify models`).")
+@click.option("--num-classes", type=int, help="Classes of a foreign checkpoint.")
+@click.option("--mean", help="Per-channel mean, for ONNX models that normalize outside.")
+@click.option("--std", help="Per-channel std, for ONNX models that normalize outside.")
+@click.option("--methods", default="ibp,crown-ibp,crown", show_default=True, help=_METHODS_HELP)
+@click.option("--pgd-steps", default=100, show_default=True, type=int)
+@click.option("--pgd-restarts", default=1, show_default=True, type=int)
+@click.option("--num-samples", type=int, help="Evaluate this many images (default: all).")
+@click.option("--start", default=0, show_default=True, type=int, help="Index of the first image.")
+@click.option("--batch-size", default=256, show_default=True, type=int)
+@click.option("--crown-batch-size", default=32, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Append summary rows to this CSV.")
+@click.option("--per-sample", type=click.Path(dir_okay=False), help="Write one row per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the PGD starts.")
+def eval_command(model_path: str | None, **opts) -> None:
+    """Evaluate MODEL (a checkpoint or .onnx file; default: the bundled MNIST model)."""
+    from certify.eval_run import EvalRequest, run_evaluation
+
+    request = EvalRequest.from_cli(model_path, **opts)
+    with _progress_bar() as progress:
+        result = run_evaluation(request, progress)
+    if request.as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        Console().print(result.table())
+    for path in result.written:
+        click.echo(f"wrote {path}", err=True)
+
+
+@contextlib.contextmanager
+def _progress_bar() -> Iterator[ProgressFn]:
+    """A rich progress bar on stderr with one line per stage."""
+    console = Console(stderr=True)
+    columns = (
+        TextColumn("{task.description:<26}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    tasks: dict[str, TaskID] = {}
+    with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.advance(tasks[stage], done)
+
+        yield update

@@ -1,0 +1,15 @@
+"""``certify models``: list the registered architectures."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("models")
+@click.argument("pattern", required=False)
+def models_command(pattern: str | None) -> None:
+    """List architecture names (optionally matching a glob PATTERN)."""
+    from model_zoo import list_models
+
+    for name in list_models(pattern):
+        click.echo(name)

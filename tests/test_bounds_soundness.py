@@ -1,0 +1,121 @@
+"""Soundness of the margin bounds: no point of the eps ball goes below them.
+
+Points are drawn three ways: uniformly inside the clipped ball, at its corners, and by
+gradient descent on each margin (the points an attacker would find).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from certify.bounds import BoundMethod, MarginBounder, margin_matrix
+from model_zoo.normalization import NormalizedModel
+
+TOL = 1e-5
+
+
+class _Residual(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.bn = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.bn(self.conv(x)))
+
+
+def _small_net(channels: int = 3) -> nn.Module:
+    body = nn.Sequential(
+        nn.Conv2d(channels, 8, 3, stride=2, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        _Residual(8),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=2),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 32),
+        nn.BatchNorm1d(32),
+        nn.ReLU(),
+        nn.Linear(32, 10),
+    )
+    # Non-trivial BN statistics, then eval mode as in certification.
+    body.train()
+    with torch.no_grad():
+        body(
+            NormalizedModel(nn.Identity(), [0.5] * channels, [0.25] * channels)(
+                torch.rand(64, channels, 16, 16)
+            )
+        )
+    return NormalizedModel(body, [0.5] * channels, [0.25] * channels).eval()
+
+
+def _margins(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    spec = margin_matrix(labels, 10)
+    return torch.einsum("nck,nk->nc", spec, model(x))
+
+
+def _attack_each_margin(model, images, labels, eps, steps=30) -> torch.Tensor:
+    """Smallest margin found by signed gradient descent on each margin separately."""
+    lower, upper = (images - eps).clamp(0, 1), (images + eps).clamp(0, 1)
+    best = _margins(model, images, labels)
+    for j in range(best.shape[1]):
+        x = images.clone()
+        for _ in range(steps):
+            x.requires_grad_(True)
+            (grad,) = torch.autograd.grad(_margins(model, x, labels)[:, j].sum(), x)
+            x = torch.min(torch.max(x.detach() - 0.25 * eps * grad.sign(), lower), upper)
+        with torch.no_grad():
+            best[:, j] = torch.minimum(best[:, j], _margins(model, x, labels)[:, j])
+    return best
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(1)
+    model = _small_net()
+    images = torch.rand(4, 3, 16, 16)
+    labels = model(images).argmax(1)
+    return model, images, labels, MarginBounder(model, (3, 16, 16), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("method", list(BoundMethod))
+def test_bounds_hold_on_random_corner_and_attacked_points(setup, method: BoundMethod) -> None:
+    model, images, labels, bounder = setup
+    eps = 0.02
+    lower = bounder.lower_bounds(images, labels, eps, method)
+    lo, hi = (images - eps).clamp(0, 1), (images + eps).clamp(0, 1)
+    with torch.no_grad():
+        for _ in range(50):
+            u = torch.rand_like(images)
+            for x in (lo + u * (hi - lo), torch.where(u > 0.5, hi, lo)):
+                assert (_margins(model, x, labels) >= lower - TOL).all()
+    attacked = _attack_each_margin(model, images, labels, eps)
+    assert (attacked >= lower - TOL).all()
+
+
+@pytest.mark.parametrize("method", list(BoundMethod))
+def test_eps_zero_bounds_equal_the_margins(setup, method: BoundMethod) -> None:
+    model, images, labels, bounder = setup
+    lower = bounder.lower_bounds(images, labels, 0.0, method)
+    with torch.no_grad():
+        exact = _margins(model, images, labels)
+    torch.testing.assert_close(lower, exact, rtol=1e-4, atol=1e-4)
+
+
+def test_crown_is_at_least_as_tight_as_ibp(setup) -> None:
+    _, images, labels, bounder = setup
+    ibp = bounder.lower_bounds(images, labels, 0.01, BoundMethod.IBP)
+    crown = bounder.lower_bounds(images, labels, 0.01, BoundMethod.CROWN)
+    assert (crown >= ibp - TOL).all()
+    assert (crown > ibp + TOL).any()
+
+
+def test_margin_matrix_rows() -> None:
+    spec = margin_matrix(torch.tensor([2, 0]), 4)
+    assert spec.shape == (2, 3, 4)
+    logits = torch.tensor([[1.0, 2.0, 5.0, 3.0], [4.0, 1.0, 0.0, 2.0]])
+    margins = torch.einsum("nck,nk->nc", spec, logits)
+    torch.testing.assert_close(margins, torch.tensor([[4.0, 3.0, 2.0], [3.0, 4.0, 2.0]]))

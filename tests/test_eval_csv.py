@@ -1,0 +1,29 @@
+"""CSV reports: appending keeps old rows, refuses foreign columns, writes atomically."""
+
+import pytest
+
+from certify.errors import UsageError
+from reports.eval_csv import append_rows, read_rows
+
+
+def test_append_creates_then_appends(tmp_path) -> None:
+    path = tmp_path / "r.csv"
+    append_rows(path, [{"a": 1, "b": 0.5}], ["a", "b"])
+    append_rows(path, [{"a": 2, "b": 0.25}], ["a", "b"])
+    header, rows = read_rows(path)
+    assert header == ["a", "b"]
+    assert [r["a"] for r in rows] == ["1", "2"]
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_append_refuses_other_columns_and_keeps_file(tmp_path) -> None:
+    path = tmp_path / "r.csv"
+    path.write_text("x,y\n1,2\n")
+    with pytest.raises(UsageError, match="other columns"):
+        append_rows(path, [{"a": 1}], ["a"])
+    assert path.read_text() == "x,y\n1,2\n"
+
+
+def test_missing_folder_is_a_usage_error(tmp_path) -> None:
+    with pytest.raises(UsageError, match="does not exist"):
+        append_rows(tmp_path / "nope" / "r.csv", [{"a": 1}], ["a"])
