@@ -21,7 +21,9 @@ class Normalize(nn.Module):
             raise ValueError("mean and std need the same number of channels")
         if any(s <= 0 for s in std):
             raise ValueError("every std must be positive")
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer(
+            "mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+        )
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
