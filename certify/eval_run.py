@@ -9,6 +9,7 @@ checks consistency and writes the CSV files; it returns the result and prints no
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,10 +113,19 @@ class EvalRequest:
             folder = path.parent
             if not folder.is_dir():
                 raise UsageError(f"cannot write {path}: folder {folder} does not exist")
-            if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-                raise UsageError(f"cannot write {path}: permission denied; choose another path")
+            if not _writable(folder) or (path.exists() and not os.access(path, os.W_OK)):
+                raise UsageError(f"cannot write {path}: the folder is not writable; choose another")
         if self.out is not None:
             check_appendable(self.out, EVAL_COLUMNS)
+
+
+def _writable(folder: Path) -> bool:
+    """Try it: os.access says yes for root on read-only file systems such as /proc."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def _parse_floats(text: str | None, flag: str) -> tuple[float, ...] | None:

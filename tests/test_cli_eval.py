@@ -1,0 +1,87 @@
+"""`certify eval` end to end through click's test runner, on real MNIST images."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from certify.cli import cli
+from certify.data import load_split
+from model_zoo import create_model
+from model_zoo.checkpoints import save_checkpoint
+
+FAST = ["--pgd-steps", "10", "--methods", "ibp,crown-ibp"]
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory, shared_data):
+    """A cnn_4layer trained briefly (clean training) on real MNIST, in certify's format."""
+    torch.manual_seed(0)
+    data = load_split("mnist", shared_data, "train", num_samples=2000)
+    model = create_model("cnn_4layer", in_ch=1, in_dim=28, num_classes=10)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _epoch in range(2):
+        for i in range(0, len(data.labels), 50):
+            loss = torch.nn.functional.cross_entropy(
+                model(data.images[i : i + 50]), data.labels[i : i + 50]
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    path = tmp_path_factory.mktemp("ckpt") / "small.pth"
+    save_checkpoint(path, model.eval(), {"arch": "cnn_4layer", "dataset": "mnist", "eps": 0.002})
+    return path
+
+
+def _run(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_eval_writes_consistent_csv_and_json(trained_checkpoint, shared_data, tmp_path) -> None:
+    out, per_sample = tmp_path / "results.csv", tmp_path / "samples.csv"
+    common = [str(trained_checkpoint), "--data-dir", str(shared_data), "--num-samples", "64"]
+    result = _run("eval", *common, *FAST, "--out", str(out), "--per-sample", str(per_sample))
+    assert result.exit_code == 0, result.output
+    assert "verified (crown-ibp)" in result.output
+    rows = list(csv.DictReader(out.open()))
+    assert [r["method"] for r in rows] == ["ibp", "crown-ibp"]
+    for r in rows:
+        assert r["dataset"] == "mnist" and r["eps"] == "0.002" and r["num_samples"] == "64"
+        assert float(r["clean_error"]) <= float(r["pgd_error"]) <= float(r["verified_error"])
+    assert float(rows[0]["clean_error"]) < 0.3  # the model learned something
+    assert float(rows[1]["verified_error"]) < 1.0  # and some samples are verified
+    samples = list(csv.DictReader(per_sample.open()))
+    assert [int(s["index"]) for s in samples] == list(range(64))
+    verified = sum(int(s["verified_any"]) for s in samples)
+    best = min(float(r["verified_error"]) for r in rows)
+    assert verified >= round((1 - best) * 64)
+
+    result = _run("eval", *common, *FAST, "--json", "--out", str(out))
+    assert result.exit_code == 0
+    payload = json.loads(result.stdout)
+    assert payload["verified_error"]["ibp"] == pytest.approx(float(rows[0]["verified_error"]))
+    assert len(list(csv.DictReader(out.open()))) == 4  # appended, not overwritten
+
+
+def test_eval_honours_start_and_eps(trained_checkpoint, shared_data) -> None:
+    args = [str(trained_checkpoint), "--data-dir", str(shared_data), "--start", "9990"]
+    payload = json.loads(_run("eval", *args, *FAST, "--eps", "0", "--json").stdout)
+    assert payload["num_samples"] == 10 and payload["start"] == 9990
+    # At eps 0 every correctly classified sample is verified by every method.
+    assert payload["verified_error"]["ibp"] == pytest.approx(payload["clean_error"])
+
+
+def test_eval_seed_format_checkpoint(trained_checkpoint, shared_data, tmp_path) -> None:
+    state = torch.load(trained_checkpoint, weights_only=True)["state_dict"]
+    seed = tmp_path / "seed.pth"
+    torch.save({"state_dict": state, "optimizer": {}, "epoch": 1, "best": 0.0}, seed)
+    args = ["eval", str(seed), "--dataset", "mnist", "--data-dir", str(shared_data)]
+    result = _run(*args, "--num-samples", "8", "--eps", "0.002", "--arch", "cnn_4layer", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["arch"] == "cnn_4layer"
+    missing_arch = _run(*args, "--num-samples", "8", "--eps", "0.002")
+    assert missing_arch.exit_code != 0 and "--arch" in missing_arch.output
