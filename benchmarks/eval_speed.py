@@ -1,0 +1,98 @@
+"""How much slower verified evaluation is than a plain forward pass.
+
+Times, on the full MNIST test set, a clean forward pass of a model and the IBP and
+CROWN-IBP margin bounds of the same model over the same batches, and prints the
+ratios with the machine they were measured on. Target: IBP <= 2.5x the clean pass.
+
+    python benchmarks/eval_speed.py --data-dir ../shared/data
+    python benchmarks/eval_speed.py --arch cnn --dataset cifar --data-dir ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from certify.bounds import BoundMethod, MarginBounder
+from certify.data import load_split
+from certify.devices import describe_device, resolve_device
+from certify.eval_run import EMBEDDED_MODEL
+from model_zoo import create_model
+from model_zoo.checkpoints import load_checkpoint
+
+
+def _best_time(fn: Callable[[], None], repeats: int, device: torch.device) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def _model(args: argparse.Namespace, spec_shape: tuple[int, int, int]) -> torch.nn.Module:
+    if args.arch is None:
+        return load_checkpoint(EMBEDDED_MODEL).model
+    c, h, _ = spec_shape
+    return create_model(args.arch, in_ch=c, in_dim=h, num_classes=10 if c else 10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data")
+    )
+    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument(
+        "--arch", help="registered architecture (random weights); default: the bundled model"
+    )
+    parser.add_argument("--eps", type=float, default=0.1)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    data = load_split(args.dataset, args.data_dir, "test")
+    model = _model(args, tuple(data.images.shape[1:])).eval().to(device)
+    images, labels = data.images.to(device), data.labels.to(device)
+    batches = [
+        (images[i : i + args.batch_size], labels[i : i + args.batch_size])
+        for i in range(0, len(images), args.batch_size)
+    ]
+    bounder = MarginBounder(model, tuple(images.shape[1:]), device)
+
+    def clean() -> None:
+        with torch.no_grad():
+            for x, _ in batches:
+                model(x)
+
+    def bounds(method: BoundMethod) -> Callable[[], None]:
+        return lambda: [bounder.lower_bounds(x, y, args.eps, method) for x, y in batches]
+
+    bounds(BoundMethod.IBP)()  # warm up: first calls build caches
+    clean_s = _best_time(clean, args.repeats, device)
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''}, "
+        f"{torch.get_num_threads()} torch threads, device {describe_device(device)}, "
+        f"torch {torch.__version__}"
+    )
+    print(
+        f"model: {args.arch or EMBEDDED_MODEL.name}, {len(images)} {args.dataset} test images, "
+        f"batch {args.batch_size}, eps {args.eps}"
+    )
+    print(f"{'clean forward':<12} {clean_s:8.3f} s   1.00x")
+    for method in (BoundMethod.IBP, BoundMethod.CROWN_IBP):
+        s = _best_time(bounds(method), args.repeats, device)
+        print(f"{method.value:<12} {s:8.3f} s  {s / clean_s:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()
