@@ -28,6 +28,6 @@ pip=("$py" -m pip install -q --disable-pip-version-check)
 if ! "$py" -c 'import torch, sys; v = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]); sys.exit(not (2, 11) <= v <= (2, 14))' 2>/dev/null; then
   "${pip[@]}" torch==2.13.0
 fi
-"${pip[@]}" --no-deps auto-LiRPA==0.3 onnx2torch==1.5.15
 "${pip[@]}" -e ".$extras"
+"${pip[@]}" --no-deps auto-LiRPA==0.3 onnx2torch==1.5.15
 echo "certify installed in $("$py" -c 'import sys; print(sys.prefix)')"
