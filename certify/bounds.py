@@ -72,6 +72,7 @@ class MarginBounder:
         lirpa = load_auto_lirpa()
         self._lirpa = lirpa
         self.device = device
+        _refuse_unsupported_layers(model)
         # Bounds are taken on the BN-folded twin: the same function, fewer layers.
         model = fold_batchnorm(model.eval()).to(device)
         dummy = torch.zeros(1, *input_shape, device=device)
@@ -101,6 +102,21 @@ class MarginBounder:
                 x=(bounded,), C=spec, method=method.lirpa_name, bound_upper=False
             )
         return lower.detach()
+
+
+def _refuse_unsupported_layers(model: nn.Module) -> None:
+    """auto_LiRPA 0.3 ignores dilation in its convolution bounds: refuse rather than
+    report bounds that may be wrong."""
+    dilated = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) and any(d != 1 for d in m.dilation)
+    ]
+    if dilated:
+        raise ModelError(
+            f"dilated convolutions cannot be bounded soundly by auto_LiRPA 0.3 "
+            f"(layers: {', '.join(dilated[:5])})"
+        )
 
 
 def _one_line(exc: BaseException) -> str:

@@ -119,3 +119,11 @@ def test_margin_matrix_rows() -> None:
     logits = torch.tensor([[1.0, 2.0, 5.0, 3.0], [4.0, 1.0, 0.0, 2.0]])
     margins = torch.einsum("nck,nk->nc", spec, logits)
     torch.testing.assert_close(margins, torch.tensor([[4.0, 3.0, 2.0], [3.0, 4.0, 2.0]]))
+
+
+def test_dilated_convolutions_are_refused() -> None:
+    from certify.errors import ModelError
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, dilation=2), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    with pytest.raises(ModelError, match="dilated convolutions"):
+        MarginBounder(model, (1, 8, 8), torch.device("cpu"))

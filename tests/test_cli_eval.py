@@ -85,3 +85,21 @@ def test_eval_seed_format_checkpoint(trained_checkpoint, shared_data, tmp_path) 
     assert json.loads(result.stdout)["arch"] == "cnn_4layer"
     missing_arch = _run(*args, "--num-samples", "8", "--eps", "0.002")
     assert missing_arch.exit_code != 0 and "--arch" in missing_arch.output
+
+
+def test_eval_onnx_matches_the_checkpoint(trained_checkpoint, shared_data, tmp_path) -> None:
+    from model_zoo.checkpoints import load_checkpoint
+
+    model = load_checkpoint(trained_checkpoint).model
+    onnx_path = tmp_path / "small.onnx"
+    torch.onnx.export(model, torch.zeros(1, 1, 28, 28), onnx_path, dynamo=False)
+    common = ["--data-dir", str(shared_data), "--num-samples", "32", "--eps", "0.002", "--json"]
+    from_onnx = _run("eval", str(onnx_path), "--dataset", "mnist", *common, *FAST)
+    assert from_onnx.exit_code == 0, from_onnx.output
+    from_ckpt = _run("eval", str(trained_checkpoint), *common, *FAST)
+    a, b = json.loads(from_onnx.stdout), json.loads(from_ckpt.stdout)
+    assert a["arch"] == "onnx"
+    for key in ("clean_error", "pgd_error", "verified_error"):
+        assert a[key] == b[key], key
+    no_dataset = _run("eval", str(onnx_path), *common)
+    assert no_dataset.exit_code != 0 and "--dataset" in no_dataset.output

@@ -1,0 +1,506 @@
+"""Tests of certify.compat.lirpa, the fixes that make auto-LiRPA 0.3 work on current torch.
+
+Each patch is proven by a real bound computation that crashed or went wrong without it,
+checked against an independent reference: sampled outputs of the plain model (soundness),
+interval arithmetic written here (IBP), CROWN in conv_mode "matrix" (for patches-mode
+bugs), or the same network written without the problematic layer. To see a test fail
+without its patch, run it with ``CERTIFY_LIRPA_SKIP=<patch name>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import io
+import subprocess
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from certify.compat import lirpa
+from certify.errors import CertifyError
+from model_zoo.normalization import NormalizedModel
+
+EPS = 0.03
+TOL = 1e-5  # soundness: float32 rounding only
+AGREE = 1e-4  # two bound computations that should be the same arithmetic
+
+
+@pytest.fixture(scope="module")
+def auto_lirpa() -> types.ModuleType:
+    return lirpa.load_auto_lirpa()
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _box(x: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    return (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+
+
+def _bounds(
+    model: nn.Module,
+    x: torch.Tensor,
+    method: str,
+    mode: str = "patches",
+    eps: float = EPS,
+    C: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    al = lirpa.load_auto_lirpa()
+    model.eval()
+    bounded = al.BoundedModule(
+        model, torch.zeros(1, *x.shape[1:]), bound_opts={"conv_mode": mode}, device="cpu"
+    )
+    x_l, x_u = _box(x, eps)
+    ptb = al.PerturbationLpNorm(norm=float("inf"), eps=eps, x_L=x_l, x_U=x_u)
+    lb, ub = bounded.compute_bounds(x=(al.BoundedTensor(x, ptb),), method=method, C=C)
+    return lb.detach(), ub.detach()
+
+
+def _assert_sound(
+    model: nn.Module,
+    x: torch.Tensor,
+    lb: torch.Tensor,
+    ub: torch.Tensor,
+    eps: float = EPS,
+    C: torch.Tensor | None = None,
+    samples: int = 300,
+) -> None:
+    """Every output of the plain model at random points and corners of the box lies in
+    [lb, ub]."""
+    x_l, x_u = _box(x, eps)
+    batch = x.shape[0]
+    t = torch.rand(batch, samples, *x.shape[1:])
+    t[:, :2] = torch.tensor([0.0, 1.0]).view(1, 2, *([1] * (x.ndim - 1)))
+    t[:, 2:8] = torch.randint(0, 2, t[:, 2:8].shape).float()  # random corners
+    points = x_l.unsqueeze(1) + (x_u - x_l).unsqueeze(1) * t
+    with torch.no_grad():
+        out = model.eval()(points.flatten(0, 1)).view(batch, samples, -1)
+    if C is not None:
+        out = torch.einsum("bsk,bok->bso", out, C)
+    assert lb.shape == ub.shape == out[:, 0].shape
+    below = (lb.unsqueeze(1) - out).max().item()
+    above = (out - ub.unsqueeze(1)).max().item()
+    assert below <= TOL and above <= TOL, f"unsound by {max(below, above):.3g}"
+
+
+def _assert_close(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...], tol: float = AGREE):
+    diff = max((p - q).abs().max().item() for p, q in zip(a, b, strict=True))
+    assert diff <= tol, f"bounds differ by {diff:.3g}"
+
+
+def _interval(model: nn.Module, x_l: torch.Tensor, x_u: torch.Tensor):
+    """Interval arithmetic through a Sequential, written independently of auto_LiRPA."""
+    for layer in model:
+        if isinstance(layer, nn.Conv2d | nn.Linear):
+            center, radius = (x_u + x_l) / 2, (x_u - x_l) / 2
+            if isinstance(layer, nn.Conv2d):
+                mid = layer(center)
+                rad = nn.functional.conv2d(
+                    radius, layer.weight.abs(), None, layer.stride, layer.padding,
+                    layer.dilation, layer.groups,
+                )  # fmt: skip
+            else:
+                mid, rad = layer(center), radius @ layer.weight.abs().t()
+            x_l, x_u = mid - rad, mid + rad
+        elif isinstance(layer, nn.BatchNorm2d):
+            scale = layer.weight / torch.sqrt(layer.running_var + layer.eps)
+            shift = layer.bias - layer.running_mean * scale
+            scale, shift = scale.view(1, -1, 1, 1), shift.view(1, -1, 1, 1)
+            lo, hi = scale * x_l + shift, scale * x_u + shift
+            x_l, x_u = torch.minimum(lo, hi), torch.maximum(lo, hi)
+        else:  # monotone: ReLU, AvgPool2d, Flatten
+            x_l, x_u = layer(x_l), layer(x_u)
+    return x_l.detach(), x_u.detach()
+
+
+def _random_bn(c: int) -> nn.BatchNorm2d:
+    bn = nn.BatchNorm2d(c)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    return bn
+
+
+def _dense_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    """The same convolution with groups=1: a block-diagonal weight, zero across groups."""
+    g, w = conv.groups, conv.weight.detach()
+    out_per_group, in_per_group = w.shape[0] // g, w.shape[1]
+    dense = nn.Conv2d(
+        in_per_group * g, w.shape[0], conv.kernel_size, conv.stride, conv.padding,
+        bias=conv.bias is not None,
+    )  # fmt: skip
+    with torch.no_grad():
+        dense.weight.zero_()
+        for i in range(g):
+            rows = slice(i * out_per_group, (i + 1) * out_per_group)
+            cols = slice(i * in_per_group, (i + 1) * in_per_group)
+            dense.weight[rows, cols] = w[rows]
+        if conv.bias is not None:
+            dense.bias.copy_(conv.bias)
+    return dense
+
+
+# --- loading, import-time shims and the canary for private torch symbols ---------------
+
+
+def test_importing_the_module_patches_nothing() -> None:
+    code = (
+        "import sys; import certify.compat.lirpa as m\n"
+        "assert 'auto_LiRPA' not in sys.modules and m.applied_patches() == []\n"
+        "assert 'torch' not in sys.modules or not hasattr(sys.modules['torch']._C.Node,"
+        " '__getitem__')\n"
+        "a = m.load_auto_lirpa(); first = m.applied_patches()\n"
+        "assert m.load_auto_lirpa() is a and m.applied_patches() == first and first\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=repo)
+
+
+@pytest.mark.parametrize("shim", sorted(lirpa.TORCH_PRIVATE_SYMBOLS))
+def test_private_torch_symbols_still_exist(shim: str) -> None:
+    """Fails, naming the shim, when a new torch moves a private symbol a shim relies on."""
+    found = []
+    for location in lirpa.TORCH_PRIVATE_SYMBOLS[shim]:
+        with contextlib.suppress(ImportError, AttributeError):
+            found.append(lirpa.resolve(location))
+    assert found, (
+        f"shim {shim} of certify.compat.lirpa broke: this torch has none of "
+        f"{', '.join(lirpa.TORCH_PRIVATE_SYMBOLS[shim])}; find where it moved"
+    )
+
+
+def test_load_and_a_tiny_crown_bound_is_sound(auto_lirpa: types.ModuleType) -> None:
+    """The end-to-end canary: if a new torch or numpy breaks a shim, this says so."""
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 5 * 5, 3)
+    )
+    x = torch.rand(2, 1, 5, 5)
+    try:
+        lb, ub = _bounds(model, x, "CROWN")
+    except Exception as exc:  # pragma: no cover - only on a breaking upgrade
+        pytest.fail(
+            f"CROWN failed with patches {lirpa.applied_patches()}: {type(exc).__name__}: {exc}"
+        )
+    _assert_sound(model, x, lb, ub)
+
+
+def test_every_applied_bug_fix_removes_the_bug(auto_lirpa: types.ModuleType) -> None:
+    """After loading, each class patch's own check finds its bug gone (which also makes
+    load_auto_lirpa idempotent), and each patch says why it exists."""
+    for patch in lirpa.PATCHES:
+        assert patch.apply.__doc__, f"patch {patch.name} needs a docstring saying why"
+        if not patch.at_import and patch.name in lirpa.applied_patches():
+            assert not patch.needed(), f"patch {patch.name} applied but its bug is still there"
+
+
+def test_missing_auto_lirpa_says_to_run_install_sh(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, *args: object) -> object:
+        return None if name == "auto_LiRPA" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(lirpa, "_MODULE", None)
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with pytest.raises(CertifyError, match=r"\./install\.sh") as info:
+        lirpa.load_auto_lirpa()
+    assert "\n" not in str(info.value)
+
+
+def test_numpy_arraysetops_shim_is_gone_after_import(auto_lirpa: types.ModuleType) -> None:
+    """auto_LiRPA imports isin from numpy.lib.arraysetops, which numpy 2 removed; the stub
+    must give numpy's isin and must not outlive the import."""
+    base = importlib.import_module("auto_LiRPA.operators.base")
+    assert base.isin([1, 2, 3], [2]).tolist() == np.isin([1, 2, 3], [2]).tolist()
+    if "numpy_arraysetops" in lirpa.applied_patches():
+        assert "numpy.lib.arraysetops" not in sys.modules
+
+
+def test_torch_onnx_shims_trace_the_graph(auto_lirpa: types.ModuleType) -> None:
+    """parse_graph needs _optimize_graph, _set_opset_version and node[name] to turn a
+    model into bound operators; the traced attributes must match the layers."""
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1, groups=2), nn.ReLU())
+    bounded = auto_lirpa.BoundedModule(model, torch.zeros(1, 2, 6, 6), device="cpu")
+    convs = [n for n in bounded.modules() if type(n).__name__ == "BoundConv"]
+    assert len(convs) == 1
+    conv = convs[0]
+    assert list(conv.stride) == [2, 2] and list(conv.padding) == [1, 1] and conv.groups == 2
+    if "torch_onnx_private_api" in lirpa.applied_patches():
+        # The names put into torch for auto_LiRPA's import were taken away again.
+        helper = importlib.import_module("torch.onnx.symbolic_helper")
+        assert not hasattr(helper, "_set_opset_version")
+
+
+def test_node_getitem_reads_typed_attributes(auto_lirpa: types.ModuleType) -> None:
+    graph = torch.jit.trace(lambda t: t.transpose(0, 1) * 2.5, torch.zeros(2, 3)).graph
+    values = [n["value"] for n in graph.nodes() if n.kind() == "prim::Constant"]
+    # Two int attributes (the transposed dims) and a tensor attribute (the factor).
+    assert values[:2] == [0, 1]
+    assert isinstance(values[2], torch.Tensor) and values[2].item() == 2.5
+
+
+def test_named_parameters_keep_the_model_names(auto_lirpa: types.ModuleType) -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 3 * 3, 2))
+    bounded = auto_lirpa.BoundedModule(model, torch.zeros(1, 1, 5, 5), device="cpu")
+    ours = dict(bounded.named_parameters())
+    assert set(ours) == set(dict(model.named_parameters()))
+    for name, param in model.named_parameters():
+        assert torch.equal(ours[name], param)
+    assert len(list(bounded.parameters())) == 4
+    assert len(list(bounded.named_parameters(remove_duplicate=False))) == 4
+    bounded.extra = nn.Parameter(torch.zeros(2))  # register_parameter, torch._six gone
+    assert "extra" in dict(bounded.named_parameters())
+
+
+# --- operators in patches mode ----------------------------------------------------------
+
+
+def test_ibp_matches_interval_arithmetic(auto_lirpa: types.ModuleType) -> None:
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), _random_bn(4), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=1, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3),
+    ).eval()  # fmt: skip
+    x = torch.rand(2, 3, 8, 8)
+    _assert_close(_bounds(model, x, "IBP"), _interval(model, *_box(x)))
+
+
+def test_avgpool_after_batchnorm(auto_lirpa: types.ModuleType) -> None:
+    """AvgPool2d receives a non-contiguous A from BatchNorm; compare with the same pooling
+    written as a strided convolution."""
+    torch.manual_seed(1)
+    conv, bn, head = nn.Conv2d(3, 4, 3, padding=1), _random_bn(4), nn.Linear(4 * 4 * 4, 3)
+    as_conv = nn.Conv2d(4, 4, 2, stride=2, bias=False)
+    with torch.no_grad():
+        as_conv.weight.copy_(torch.eye(4).view(4, 4, 1, 1).expand(-1, -1, 2, 2) / 4)
+    pooled = nn.Sequential(conv, bn, nn.AvgPool2d(2), nn.ReLU(), nn.Flatten(), head).eval()
+    reference = nn.Sequential(conv, bn, as_conv, nn.ReLU(), nn.Flatten(), head).eval()
+    x = torch.rand(2, 3, 8, 8)
+    for mode in ("patches", "matrix"):
+        got = _bounds(pooled, x, "CROWN", mode)
+        _assert_sound(pooled, x, *got)
+        _assert_close(got, _bounds(reference, x, "CROWN", "matrix"))
+
+
+def test_normalization_per_channel_constants(auto_lirpa: types.ModuleType) -> None:
+    """(x - mean) / std with (1, C, 1, 1) buffers, batch > 1: compare with the network
+    whose first convolution absorbs the normalization (no padding, so it is exact)."""
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    conv = nn.Conv2d(3, 4, 3)
+    body = [nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)]
+    model = NormalizedModel(nn.Sequential(conv, *body), mean, std).eval()
+    folded = nn.Conv2d(3, 4, 3)
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        folded.weight.copy_(conv.weight / s)
+        folded.bias.copy_(conv.bias - (conv.weight * m / s).sum(dim=(1, 2, 3)))
+    reference = nn.Sequential(folded, *body).eval()
+    x = torch.rand(3, 3, 6, 6)
+    expected = _bounds(reference, x, "CROWN", "matrix")
+    for method in ("CROWN", "CROWN-IBP"):
+        got = _bounds(model, x, method)
+        _assert_sound(model, x, *got)
+        if method == "CROWN":
+            _assert_close(got, expected)
+
+
+class _ChannelOps(nn.Module):
+    """Multiplication, division, addition and subtraction by constants mid-network: per
+    channel, per pixel and scalar, on either side of the operator. (auto_LiRPA's IBP of a
+    division asserts a positive divisor.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(3, 3, 3, padding=1)
+        self.head = nn.Linear(3 * 5 * 5, 2)
+        self.register_buffer("scale", torch.tensor([0.5, -2.0, 1.5]).view(1, 3, 1, 1))
+        self.register_buffer("divisor", torch.tensor([0.5, 2.0, 1.5]).view(1, 3, 1, 1))
+        self.register_buffer("shift", torch.tensor([0.3, -0.1, 0.2]).view(1, 3, 1, 1))
+        self.register_buffer("offset", torch.linspace(-0.5, 0.5, 75).view(1, 3, 5, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv1(x)) * self.scale
+        h = self.shift - (0.5 - h / self.divisor + self.offset)
+        return self.head(torch.relu(self.conv2(h)).flatten(1))
+
+
+def test_constant_operands_in_patches_mode(auto_lirpa: types.ModuleType) -> None:
+    model = _ChannelOps().eval()
+    x = torch.rand(2, 2, 5, 5)
+    got = _bounds(model, x, "CROWN")
+    _assert_sound(model, x, *got)
+    _assert_close(got, _bounds(model, x, "CROWN", "matrix"))
+
+
+def test_grouped_convolution(auto_lirpa: types.ModuleType) -> None:
+    """Bounds through grouped convolutions equal those of the block-diagonal dense net."""
+    torch.manual_seed(2)
+    grouped = nn.Sequential(
+        nn.Conv2d(4, 8, 3, padding=1, groups=2), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=4), nn.ReLU(),
+        nn.Conv2d(8, 4, 1, groups=4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 3 * 3, 3),
+    ).eval()  # fmt: skip
+    dense = nn.Sequential(
+        *[_dense_conv(m) if isinstance(m, nn.Conv2d) else m for m in grouped]
+    ).eval()
+    x = torch.rand(2, 4, 6, 6)
+    for method in ("CROWN", "CROWN-IBP"):
+        expected = _bounds(dense, x, method, "matrix")
+        for mode in ("patches", "matrix"):
+            got = _bounds(grouped, x, method, mode)
+            _assert_sound(grouped, x, *got)
+            _assert_close(got, expected)
+
+
+def test_patches_turning_dense_without_bias(auto_lirpa: types.ModuleType) -> None:
+    """Patches outgrow a 4x4 image at the first convolution, which has no bias. eps is
+    large enough for most neurons to be unstable, so the intermediate bounds take the dense
+    path rather than the sparse one (whose biases are flat anyway)."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3),
+    ).eval()  # fmt: skip
+    x = torch.rand(2, 3, 4, 4)
+    got = _bounds(model, x, "CROWN", eps=0.1)
+    _assert_sound(model, x, *got, eps=0.1)
+    _assert_close(got, _bounds(model, x, "CROWN", "matrix", eps=0.1))
+
+
+class _Block(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = _random_bn(c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = _random_bn(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+
+def test_small_resnet(auto_lirpa: types.ModuleType) -> None:
+    """Residual chain, BatchNorm, AvgPool2d and Linear layers behind normalization, with a
+    spec matrix C: patches agree with matrix mode and both are sound."""
+    torch.manual_seed(3)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, bias=False), _random_bn(4), nn.ReLU(),
+        _Block(4), _Block(4), _Block(4), nn.AvgPool2d(2), nn.Flatten(),
+        nn.Linear(4 * 2 * 2, 8), nn.ReLU(), nn.Linear(8, 3),
+    )  # fmt: skip
+    model = NormalizedModel(net, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]).eval()
+    x = torch.rand(2, 3, 4, 4)
+    C = torch.tensor([[1.0, -1.0, 0.0], [1.0, 0.0, -1.0]]).expand(2, -1, -1)
+    for method in ("CROWN", "CROWN-IBP"):
+        got = _bounds(model, x, method, eps=0.005, C=C)
+        _assert_sound(model, x, *got, eps=0.005, C=C)
+        _assert_close(got, _bounds(model, x, method, "matrix", eps=0.005, C=C))
+
+
+def test_training_gradients_match_matrix_mode(auto_lirpa: types.ModuleType) -> None:
+    """Certified training backpropagates through the bounds, so the patched operators
+    (grouped convolution, per-channel constants, AvgPool2d, BatchNorm in train mode) must
+    give the same parameter gradients in patches mode as in matrix mode."""
+    x = torch.rand(3, 3, 8, 8)
+    results = {}
+    for mode in ("patches", "matrix"):
+        torch.manual_seed(5)
+        net = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), _random_bn(4), nn.ReLU(), _Block(4),
+            nn.Conv2d(4, 8, 3, stride=2, padding=1, groups=2), nn.ReLU(), nn.AvgPool2d(2),
+            nn.Flatten(), nn.Linear(8 * 2 * 2, 3),
+        )  # fmt: skip
+        model = NormalizedModel(net, [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]).train()
+        bounded = auto_lirpa.BoundedModule(
+            model, torch.zeros(1, 3, 8, 8), bound_opts={"conv_mode": mode}, device="cpu"
+        )
+        bounded.train()
+        ptb = auto_lirpa.PerturbationLpNorm(norm=float("inf"), eps=0.01)
+        lb, ub = bounded.compute_bounds(x=(auto_lirpa.BoundedTensor(x, ptb),), method="CROWN-IBP")
+        (ub - lb).sum().backward()
+        grads = {name: p.grad for name, p in bounded.named_parameters() if p.grad is not None}
+        results[mode] = (lb.detach(), ub.detach(), grads)
+    (lb_p, ub_p, grads_p), (lb_m, ub_m, grads_m) = results["patches"], results["matrix"]
+    _assert_close((lb_p, ub_p), (lb_m, ub_m))
+    assert set(grads_p) == set(grads_m) and len(grads_p) > 10
+    for name in grads_p:
+        assert torch.allclose(grads_p[name], grads_m[name], atol=1e-4, rtol=1e-4), name
+
+
+# --- onnx2torch models -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _torchvision_if_missing() -> Iterator[None]:
+    """onnx2torch imports torchvision (for NMS and RoiAlign only); stand in for it when it
+    is not installed, and put sys.modules back afterwards."""
+    names = ("torchvision", "torchvision.ops")
+    saved = {name: sys.modules.get(name) for name in names}
+    try:
+        importlib.import_module("torchvision")
+    except (ImportError, RuntimeError, OSError):  # a torchvision for another torch: OSError
+        pass
+    else:
+        yield
+        return
+    torchvision, ops = types.ModuleType("torchvision"), types.ModuleType("torchvision.ops")
+
+    def unavailable(*args: object, **kwargs: object) -> NoReturn:
+        raise RuntimeError("torchvision stand-in of tests/test_lirpa_compat.py")
+
+    ops.roi_align = ops.nms = ops.batched_nms = unavailable
+    torchvision.ops = ops
+    sys.modules.update(dict(zip(names, (torchvision, ops), strict=True)))
+    try:
+        yield
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+
+
+def test_onnx2torch_batchnorm(auto_lirpa: types.ModuleType) -> None:
+    """onnx2torch turns a BatchNormalization whose inputs are not all initializers into a
+    module fed by buffers, so its weights become BoundBuffers. The exporter produces that
+    when it deduplicates equal initializers (here running_var == weight, running_mean ==
+    bias) into Identity nodes."""
+    import onnx
+
+    with _torchvision_if_missing():
+        onnx2torch = importlib.import_module("onnx2torch")
+    torch.manual_seed(4)
+    bn = nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2.0)
+        bn.bias.uniform_(-0.5, 0.5)
+        bn.running_var.copy_(bn.weight)
+        bn.running_mean.copy_(bn.bias)
+    net = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), bn, nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 2)
+    ).eval()
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        net, (torch.zeros(1, 1, 4, 4),), buffer, dynamo=False, opset_version=17,
+        do_constant_folding=False,
+    )  # fmt: skip
+    converted = onnx2torch.convert(onnx.load_from_string(buffer.getvalue())).eval()
+    assert not any("Batch" in name for name, _ in converted.named_parameters()), (
+        "the export no longer feeds BatchNorm from buffers; this test proves nothing"
+    )
+    x = torch.rand(2, 1, 4, 4)
+    assert torch.allclose(converted(x), net(x), atol=1e-6)
+    for method in ("CROWN", "CROWN-IBP"):
+        for mode in ("patches", "matrix"):
+            got = _bounds(converted, x, method, mode)
+            _assert_sound(converted, x, *got)
+            _assert_close(got, _bounds(net, x, method, mode))
