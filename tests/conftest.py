@@ -23,3 +23,10 @@ def shared_data() -> Path:
 @pytest.fixture(autouse=True)
 def _seed_torch() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread() -> None:
+    # The tests use small tensors, where a second OpenMP thread gains little and, on a
+    # busy 2-core machine, spin-waiting threads slow autograd down a hundredfold.
+    torch.set_num_threads(1)
