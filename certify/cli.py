@@ -41,9 +41,12 @@ def main() -> None:
 def _register_commands() -> None:
     from certify.commands.eval_command import eval_command
     from certify.commands.models_command import models_command
+    from certify.commands.train_command import export_command, train_command
 
     cli.add_command(eval_command)
     cli.add_command(models_command)
+    cli.add_command(train_command)
+    cli.add_command(export_command)
 
 
 _register_commands()

@@ -1,0 +1,205 @@
+"""``certify train``: certified robust training (IBP with the short warmup of Shi et al.)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+_METHOD_HELP = (
+    "fast: IBP initialization + warmup regularizers; vanilla: plain IBP; "
+    "crown-ibp: CROWN-IBP/IBP mix. [default: fast]"
+)
+
+
+def _int_list(ctx: click.Context, param: click.Parameter, value: str | None):
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise click.BadParameter("give comma-separated epochs, e.g. 50,60") from None
+
+
+def _eps(ctx: click.Context, param: click.Parameter, value: str | None):
+    from certify.eps import parse_eps
+
+    return None if value is None else parse_eps(value)
+
+
+def _methods(ctx: click.Context, param: click.Parameter, value: str | None):
+    if value is None:
+        return None
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@click.command("train")
+@click.option(
+    "--preset",
+    type=click.Choice(["mnist", "cifar", "tinyimagenet"]),
+    help="Settings of the seed's README command for this data set.",
+)
+@click.option("--dataset", help="mnist, cifar or tinyimagenet (set by --preset).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data set.")
+@click.option(
+    "--out-dir",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Run folder: checkpoints, train_log.csv, results.csv.",
+)
+@click.option("--arch", help="Architecture (see `certify models`). [default: cnn_4layer]")
+@click.option("--method", type=click.Choice(["fast", "vanilla", "crown-ibp"]), help=_METHOD_HELP)
+@click.option("--eps", callback=_eps, help="Training eps in [0,1] pixels, e.g. 0.1 or 8/255.")
+@click.option("--num-classes", type=int, help="Classes (default: the data set's).")
+@click.option("--epochs", type=int, help="Number of epochs.")
+@click.option("--batch-size", type=int)
+@click.option("--lr", type=float, help="Adam learning rate. [default: 5e-4]")
+@click.option("--lr-decay-factor", type=float, help="[default: 0.2]")
+@click.option(
+    "--lr-decay-milestones",
+    "lr_milestones",
+    callback=_int_list,
+    help="Epochs after which the lr decays, e.g. 50,60.",
+)
+@click.option("--grad-clip", type=float, help="Max gradient norm. [default: 10]")
+@click.option("--grad-acc-steps", type=int, help="Split each batch into this many steps.")
+@click.option(
+    "--scheduler",
+    "schedule",
+    type=click.Choice(["smoothed", "linear"]),
+    help="eps schedule. [default: smoothed]",
+)
+@click.option("--schedule-start", type=int, help="First epoch of the eps ramp (from 1).")
+@click.option("--schedule-length", type=int, help="Epochs of the eps ramp (the warmup).")
+@click.option("--tol", type=float, help="Regularizer tolerance tau. [default: 0.5]")
+@click.option("--reg-lambda", type=float, help="Regularizer weight lambda. [default: 0.5]")
+@click.option("--crop-padding", type=int, help="Random crop after edge padding (0: none).")
+@click.option("--flip/--no-flip", default=None, help="Random horizontal flips.")
+@click.option("--num-train", type=int, help="Use only the first N training images.")
+@click.option("--val-size", type=int, help="Validation images carved from the training data.")
+@click.option("--seed", type=int, help="Seed of initialization, split and batches. [default: 0]")
+@click.option("--device", help="auto, cpu or cuda. [default: auto]")
+@click.option("--threads", type=int, help="CPU threads for torch (default: torch's choice).")
+@click.option("--resume", is_flag=True, default=None, help="Continue the run in --out-dir.")
+@click.option("--eval-batch-size", type=int)
+@click.option(
+    "--final-eval/--no-final-eval",
+    default=None,
+    help="Evaluate best.pth on the test set at the end. [default: on]",
+)
+@click.option("--eval-methods", callback=_methods, help="Bound methods of the final evaluation.")
+@click.option("--pgd-steps", type=int, help="PGD steps of the final evaluation. [default: 20]")
+@click.option(
+    "--test-samples", type=int, help="Test images of the final evaluation (default: all)."
+)
+@click.option(
+    "--results",
+    "results_csv",
+    type=click.Path(dir_okay=False),
+    help="Append the final evaluation row here (default: OUT_DIR/results.csv).",
+)
+def train_command(preset: str | None, **options: Any) -> None:
+    """Train a certifiably robust classifier with IBP and a short warmup."""  # fmt: skip
+    from training.presets import resolve_config
+    from training.run import train
+
+    config = resolve_config(options, preset)
+    console = Console(stderr=True)
+    with _progress(console) as callbacks:
+        result = train(config, callbacks)
+    b = result.best
+    console.print(
+        f"best epoch {b.epoch}: validation IBP-verified error {b.val_verified_err:.4f}, "
+        f"clean error {b.val_clean_err:.4f} ({result.seconds:.0f} s)"
+    )
+    if result.evaluation is not None:
+        Console().print(result.evaluation.table())
+        for path in result.evaluation.written:
+            click.echo(f"wrote {path}", err=True)
+    click.echo(f"wrote {result.best_path}, {result.last_path}, {result.log_path}", err=True)
+
+
+@click.command("export")
+@click.argument("checkpoint", type=click.Path(dir_okay=False, exists=True))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--opset", default=18, show_default=True, type=int, help="ONNX opset version.")
+def export_command(checkpoint: str, out: str, opset: int) -> None:
+    """Export CHECKPOINT to the ONNX file OUT, input normalization included."""
+    from pathlib import Path
+
+    from training.export import export_onnx
+
+    result = export_onnx(Path(checkpoint), Path(out), opset=opset)
+    shape = "x".join(str(d) for d in result.input_shape)
+    click.echo(
+        f"wrote {result.path} ({result.arch}, input N x {shape} pixels in [0, 1]; "
+        f"max difference to the checkpoint {result.max_abs_diff:.1e})"
+    )
+
+
+@contextlib.contextmanager
+def _progress(console: Console) -> Iterator[Any]:
+    """Rich progress bars: one per epoch with the current eps and loss."""
+    from training.run import RunInfo, TrainCallbacks
+
+    columns = (
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
+        tasks: dict[Any, Any] = {}
+
+        def on_start(info: RunInfo) -> None:
+            what = "resuming at" if info.resumed else "starting at"
+            console.print(
+                f"{info.num_train} training and {info.num_val} validation images, "
+                f"{info.batches_per_epoch} batches per epoch on {info.device}; "
+                f"{what} epoch {info.first_epoch} of {info.epochs}"
+            )
+
+        def on_batch(p) -> None:
+            if p.epoch not in tasks:
+                tasks[p.epoch] = bar.add_task(f"epoch {p.epoch}", total=p.num_batches, status="")
+            status = f"eps {p.eps:.5f}  loss {p.loss:.4f}"
+            bar.update(tasks[p.epoch], advance=1, status=status)
+
+        def on_epoch(row: dict[str, Any]) -> None:
+            if row["epoch"] in tasks:
+                bar.remove_task(tasks.pop(row["epoch"]))
+            console.print(_epoch_line(row))
+
+        def on_eval(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage[:12], total=total, status="test set")
+            bar.advance(tasks[stage], done)
+
+        yield TrainCallbacks(on_start, on_batch, on_epoch, on_eval)
+
+
+def _epoch_line(row: dict[str, Any]) -> str:
+    def fmt(key: str) -> str:
+        value = row.get(key)
+        return "-" if value is None else f"{value:.4f}"
+
+    star = " *" if row.get("best") else ""
+    return (
+        f"epoch {row['epoch']:>3}  eps {row['eps']:.5f}  lr {row['lr']:.2e}  "
+        f"loss {fmt('loss')}  train err {fmt('train_clean_err')}/{fmt('train_verified_err')}  "
+        f"val err {fmt('val_clean_err')}/{fmt('val_verified_err')}  "
+        f"{row['epoch_seconds']:.1f}s{star}"
+    )

@@ -1,0 +1,125 @@
+"""Training checkpoints: certify's model checkpoint plus the state to resume from.
+
+The file is a regular certify checkpoint (written by
+:func:`model_zoo.checkpoints.save_checkpoint`, so ``certify eval`` and
+``load_checkpoint`` read it as any other) with one more entry, ``"training"``: the
+epoch, the optimizer state, the learning rate and eps schedules, the random number
+generator states and the best validation result so far. Every value is a tensor or a
+plain value, so the file loads with ``weights_only=True``. Writes are atomic: a run
+killed while saving keeps its previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from certify.errors import CheckpointError
+from model_zoo.checkpoints import read_checkpoint, save_checkpoint
+from reports.atomic import atomic_write
+
+LAST = "last.pth"
+BEST = "best.pth"
+
+
+@dataclass
+class Best:
+    """The selected epoch: lowest validation verified error (then clean error)."""
+
+    epoch: int = 0
+    val_verified_err: float = float("inf")
+    val_clean_err: float = float("inf")
+
+    def improved_by(self, verified: float, clean: float) -> bool:
+        return (verified, clean) < (self.val_verified_err, self.val_clean_err)
+
+
+@dataclass
+class TrainingState:
+    """What a resumed run needs beyond the weights."""
+
+    epoch: int
+    optimizer: dict[str, Any]
+    torch_rng: torch.Tensor
+    data_rng: torch.Tensor
+    best: Best
+    lr: float
+    schedules: dict[str, Any]
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "optimizer": self.optimizer,
+            "torch_rng": self.torch_rng,
+            "data_rng": self.data_rng,
+            "best": _finite(asdict(self.best)),
+            "lr": self.lr,
+            "schedules": self.schedules,
+        }
+
+    @classmethod
+    def from_payload(cls, raw: dict[str, Any]) -> TrainingState:
+        try:
+            best = raw["best"]
+            return cls(
+                epoch=int(raw["epoch"]),
+                optimizer=raw["optimizer"],
+                torch_rng=raw["torch_rng"],
+                data_rng=raw["data_rng"],
+                best=Best(
+                    int(best["epoch"]),
+                    _inf(best["val_verified_err"]),
+                    _inf(best["val_clean_err"]),
+                ),
+                lr=float(raw["lr"]),
+                schedules=dict(raw["schedules"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"the training state is incomplete ({exc}); start anew") from None
+
+
+def _finite(values: dict[str, Any]) -> dict[str, Any]:
+    # inf survives torch.save, but keep the stored values JSON-like for other readers.
+    return {
+        k: (None if isinstance(v, float) and v == float("inf") else v) for k, v in values.items()
+    }
+
+
+def _inf(value: Any) -> float:
+    return float("inf") if value is None else float(value)
+
+
+def save_training_checkpoint(
+    path: Path, model: nn.Module, meta: dict[str, Any], state: TrainingState | None
+) -> None:
+    """Write ``model`` in certify's format at ``path`` with ``state`` added, atomically."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".model")
+    os.close(fd)
+    try:
+        save_checkpoint(tmp, model, meta)
+        if state is None:
+            os.replace(tmp, path)
+            return
+        payload = dict(read_checkpoint(tmp))
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    payload["training"] = state.to_payload()
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def load_training_checkpoint(path: Path) -> tuple[dict[str, Any], TrainingState]:
+    """The raw certify checkpoint (weights and metadata) and its training state."""
+    raw = read_checkpoint(path)
+    if not isinstance(raw, dict) or raw.get("format") != "certify" or "training" not in raw:
+        raise CheckpointError(f"{path} is not a training checkpoint of certify train")
+    return raw, TrainingState.from_payload(raw["training"])

@@ -1,0 +1,150 @@
+"""All settings of a training run, validated before any data or model is loaded.
+
+:class:`TrainConfig` is what the CLI builds from a preset and flags, what
+:func:`training.run.train` takes, and what every checkpoint stores (as plain values),
+so that a resumed run can check it continues the same experiment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from certify.datasets import get_spec, parse_dataset
+from certify.errors import UsageError
+from training.loop import Method
+from training.schedulers import ScheduleKind, parse_schedule_kind
+
+# Settings a resumed run may change without changing the experiment.
+RESUMABLE_CHANGES = frozenset(
+    {"resume", "device", "threads", "out_dir", "data_dir", "epochs", "eval_batch_size",
+     "final_eval", "eval_methods", "pgd_steps", "test_samples", "results_csv"}
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dataset: str
+    data_dir: Path
+    out_dir: Path
+    arch: str = "cnn_4layer"
+    method: Method = Method.FAST
+    eps: float = 0.1
+    num_classes: int | None = None
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 5e-4
+    lr_decay_factor: float = 0.2
+    lr_milestones: tuple[int, ...] = ()
+    grad_clip: float = 10.0
+    grad_acc_steps: int = 1
+    schedule: ScheduleKind = ScheduleKind.SMOOTHED
+    schedule_start: int = 1
+    schedule_length: int = 10
+    tol: float = 0.5
+    reg_lambda: float = 0.5
+    min_reg_eps: float = 1e-6
+    crop_padding: int = 0
+    flip: bool = False
+    num_train: int | None = None
+    val_size: int = 500
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    resume: bool = False
+    eval_batch_size: int = 256
+    final_eval: bool = True
+    eval_methods: tuple[str, ...] = ("ibp",)
+    pgd_steps: int = 20
+    test_samples: int | None = None
+    results_csv: Path | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        parse_dataset(self.dataset)
+        checks = [
+            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.batch_size >= 2, "--batch-size must be at least 2 (BatchNorm needs two)"),
+            (self.lr > 0, "--lr must be positive"),
+            (0 < self.lr_decay_factor <= 1, "--lr-decay-factor must be in (0, 1]"),
+            (all(m >= 1 for m in self.lr_milestones), "--lr-decay-milestones count from 1"),
+            (self.grad_clip > 0, "--grad-clip must be positive"),
+            (1 <= self.grad_acc_steps <= self.batch_size // 2,
+             "--grad-acc-steps must be from 1 to half the batch size"),
+            (self.schedule_start >= 1, "--schedule-start counts epochs from 1"),
+            (self.schedule_length >= 0, "--schedule-length must be >= 0"),
+            (self.tol > 0, "--tol must be positive"),
+            (self.reg_lambda >= 0, "--reg-lambda must be >= 0"),
+            (self.crop_padding >= 0, "--crop-padding must be >= 0"),
+            (self.val_size >= 0, "--val-size must be >= 0"),
+            (self.num_train is None or self.num_train >= 2, "--num-train must be at least 2"),
+            (self.threads is None or self.threads >= 1, "--threads must be at least 1"),
+            (self.eval_batch_size >= 1, "--eval-batch-size must be at least 1"),
+            (self.pgd_steps >= 0, "--pgd-steps must be >= 0"),
+            (self.test_samples is None or self.test_samples >= 1, "--test-samples must be >= 1"),
+            (0 < self.eps <= 1, "--eps must be in (0, 1], e.g. 0.1 or 8/255"),
+        ]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+    @property
+    def classes(self) -> int:
+        return self.num_classes or get_spec(self.dataset).num_classes
+
+    def with_changes(self, **changes: Any) -> TrainConfig:
+        return replace(self, **changes)
+
+    def to_plain(self) -> dict[str, Any]:
+        """Every setting as plain values (for checkpoints and reports)."""
+        plain = {}
+        for key, value in asdict(self).items():
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            elif hasattr(value, "value"):
+                value = value.value
+            plain[key] = value
+        return plain
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from plain values (a checkpoint's, or CLI options), converting types."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UsageError(f"unknown training settings: {', '.join(unknown)}")
+        v = dict(values)
+        for key in ("data_dir", "out_dir"):
+            if key in v:
+                v[key] = Path(v[key])
+        if v.get("results_csv") is not None:
+            v["results_csv"] = Path(v["results_csv"])
+        if "method" in v:
+            v["method"] = _parse_method(v["method"])
+        if "schedule" in v:
+            v["schedule"] = parse_schedule_kind(str(v["schedule"]))
+        for key in ("lr_milestones", "eval_methods"):
+            if key in v:
+                v[key] = tuple(v[key])
+        missing = [k for k in ("dataset", "data_dir", "out_dir") if v.get(k) is None]
+        if missing:
+            flags = ", ".join("--" + k.replace("_", "-") for k in missing)
+            raise UsageError(f"give {flags} (or a --preset that sets the data set)")
+        return cls(**v)
+
+    def differences(self, stored: dict[str, Any]) -> list[str]:
+        """Settings that differ from a stored run's, ignoring those a resume may change."""
+        mine = self.to_plain()
+        names = [f.name for f in fields(self) if f.name not in RESUMABLE_CHANGES]
+        return [n for n in names if n in stored and stored[n] != mine[n]]
+
+
+def _parse_method(value: Any) -> Method:
+    try:
+        return Method(str(value).strip().lower())
+    except ValueError:
+        valid = ", ".join(m.value for m in Method)
+        raise UsageError(f"unknown training method {value!r}: use one of {valid}") from None

@@ -1,0 +1,118 @@
+"""Export of a trained model to ONNX, with its input normalization inside the graph.
+
+The exported network takes pixels in [0, 1] (batch x C x H x W, any batch size) and
+returns logits, so that other tools need no knowledge of the data set's mean and std.
+The file is checked by loading it back through certify's own ONNX loader and
+comparing its logits with the checkpoint's on random images; it is written to a
+temporary file first and moved into place only when the check passes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from certify.errors import ModelError, UsageError
+from model_zoo.checkpoints import load_checkpoint
+from model_zoo.normalization import NormalizedModel
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    arch: str
+    dataset: str | None
+    input_shape: tuple[int, int, int]
+    max_abs_diff: float
+
+
+def export_onnx(
+    checkpoint: Path, out_path: Path, opset: int = 18, tol: float = 1e-4
+) -> ExportResult:
+    """Write ``checkpoint`` as an ONNX file at ``out_path`` and verify it."""
+    out_path = Path(out_path)
+    if out_path.suffix.lower() != ".onnx":
+        raise UsageError(f"{out_path}: the exported file needs the .onnx suffix")
+    if not out_path.parent.is_dir():
+        raise UsageError(f"cannot write {out_path}: folder {out_path.parent} does not exist")
+    loaded = load_checkpoint(checkpoint)
+    model = loaded.model
+    if not isinstance(model, NormalizedModel):
+        # Identity normalization is left out on loading; put it back so the file says so.
+        model = NormalizedModel(model, loaded.mean, loaded.std)
+    model = model.eval().cpu()
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".onnx")
+    os.close(fd)
+    try:
+        _export(model, loaded.input_shape, Path(tmp), opset)
+        diff = _check(model, Path(tmp), loaded.input_shape)
+        if diff > tol:
+            raise ModelError(
+                f"the exported ONNX model differs from the checkpoint by {diff:.2e} "
+                f"(more than {tol:g}); the architecture may use an unsupported operation"
+            )
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; exports are not
+        os.replace(tmp, out_path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    return ExportResult(out_path, loaded.arch, loaded.dataset, loaded.input_shape, diff)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporter prints progress, warns and logs about its own internals."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _export(model: torch.nn.Module, shape: tuple[int, int, int], path: Path, opset: int) -> None:
+    dummy = torch.rand(2, *shape)
+    batch = torch.export.Dim("batch")
+    with _quiet():
+        try:
+            torch.onnx.export(
+                model,
+                (dummy,),
+                str(path),
+                dynamo=True,
+                external_data=False,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_shapes=({0: batch},),
+                opset_version=opset,
+            )
+        except Exception as exc:  # the exporter raises many types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise ModelError(f"ONNX export failed: {first}") from exc
+
+
+def _check(model: torch.nn.Module, path: Path, shape: tuple[int, int, int]) -> float:
+    from model_zoo.onnx_loading import load_onnx
+
+    back = load_onnx(path, input_shape=shape)
+    images = torch.rand(8, *shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return float((back.model(images) - model(images)).abs().max())

@@ -1,0 +1,438 @@
+"""Interval bound propagation (IBP), written by hand over the model's fx graph.
+
+One pass carries the clean activations and the interval of every activation over the
+L_inf ball (clipped to the pixel box [0, 1]) through the network. Carrying the clean
+values along gives the clean logits in the same pass, and lets BatchNorm in train mode
+normalize the interval with the statistics of the clean batch, as auto_LiRPA does in
+training. Intervals travel as centre and radius: affine layers map them as
+``W c + b`` and ``|W| r``; ReLU maps the two ends.
+
+When a margin specification ``C`` is given and the network ends in a Linear layer, C
+is folded into that layer's weights before bounding (as auto_LiRPA does), which gives
+tighter margin bounds than subtracting bounds of logits.
+
+Supported: Conv1d/Conv2d (any groups, padding mode), Linear, BatchNorm1d/2d, ReLU,
+Flatten and reshapes, average and max pooling, :class:`Normalize`, additions (residual
+joins) and products with constants. Anything else raises :class:`ModelError`.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from certify.errors import ModelError
+from model_zoo.normalization import Normalize
+from training.graph import ADD_TARGETS, trace
+
+
+@dataclass
+class Bounds:
+    """Clean value and the interval of one activation, as centre and radius."""
+
+    x: Tensor
+    center: Tensor
+    radius: Tensor
+
+    @classmethod
+    def from_box(cls, x: Tensor, lower: Tensor, upper: Tensor) -> Bounds:
+        return cls(x, (upper + lower) * 0.5, (upper - lower) * 0.5)
+
+    @property
+    def lower(self) -> Tensor:
+        return self.center - self.radius
+
+    @property
+    def upper(self) -> Tensor:
+        return self.center + self.radius
+
+    def linear(self, fn: Callable[[Tensor], Tensor]) -> Bounds:
+        """Apply a map that is linear with non-negative weights (reshapes, average
+        pooling): it takes centre to centre and radius to radius exactly."""
+        return Bounds(fn(self.x), fn(self.center), fn(self.radius))
+
+    def monotone(self, fn: Callable[[Tensor], Tensor]) -> Bounds:
+        """Apply an elementwise-increasing map (max pooling) to both ends."""
+        return Bounds.from_box(fn(self.x), fn(self.lower), fn(self.upper))
+
+
+@dataclass
+class PreActivation:
+    """The interval of one ReLU's input, in both forms (the regularizers use both)."""
+
+    lower: Tensor
+    upper: Tensor
+    center: Tensor
+    radius: Tensor
+
+    _masks: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_box(cls, lower: Tensor, upper: Tensor) -> PreActivation:
+        return cls(lower, upper, (upper + lower) * 0.5, (upper - lower) * 0.5)
+
+    def masks(self) -> tuple[Tensor, Tensor]:
+        """Flat float masks of active (l > 0) and inactive (u < 0) neurons, computed once."""
+        if self._masks is None:
+            with torch.no_grad():
+                active = (self.lower > 0).flatten().to(self.lower.dtype)
+                inactive = (self.upper < 0).flatten().to(self.upper.dtype)
+            self._masks = (active, inactive)
+        return self._masks
+
+
+@dataclass
+class IntervalResult:
+    """What one pass gives: clean logits, output bounds and the pre-ReLU bounds."""
+
+    logits: Tensor
+    lower: Tensor  # of C @ logits when a spec was given, else of the logits
+    upper: Tensor
+    # The input of every ReLU, in execution order.
+    pre_relu: list[PreActivation] = field(default_factory=list)
+    # The network's input after its normalization layer (the network proper sees
+    # normalized images, as in the seed), or the pixel box when there is none.
+    input_bounds: Bounds | None = None
+
+
+_LEAVES = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Linear,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.ReLU,
+    nn.Flatten,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.MaxPool2d,
+    nn.Identity,
+    nn.Dropout,
+    Normalize,
+)
+_SHAPE_METHODS = {
+    "view",
+    "reshape",
+    "flatten",
+    "contiguous",
+    "permute",
+    "transpose",
+    "squeeze",
+    "unsqueeze",
+    "__getitem__",
+}
+_LINEAR_FUNCTIONS: dict[Any, Callable] = {
+    torch.flatten: torch.flatten,
+    torch.reshape: torch.reshape,
+    operator.getitem: operator.getitem,
+    F.avg_pool2d: F.avg_pool2d,
+    F.adaptive_avg_pool2d: F.adaptive_avg_pool2d,
+    torch.squeeze: torch.squeeze,
+    torch.unsqueeze: torch.unsqueeze,
+}
+_AFFINE_FUNCTIONS = (F.linear, F.conv1d, F.conv2d)
+_RELU_FUNCTIONS = (F.relu, torch.relu)
+
+
+class IntervalNetwork:
+    """Bounds a fixed model by IBP for any batch and eps; the model's mode decides how
+    BatchNorm behaves (train: clean batch statistics, updating the running ones as a
+    clean step would; eval: running statistics)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.graph = trace(model)
+        self._check_supported()
+        output = next(n for n in self.graph.nodes if n.op == "output")
+        last = output.args[0]
+        is_linear = (
+            isinstance(last, fx.Node)
+            and last.op == "call_module"
+            and isinstance(model.get_submodule(last.target), nn.Linear)
+        )
+        self._final_linear = last if is_linear else None
+
+    def _check_supported(self) -> None:
+        bad = set()
+        for node in self.graph.nodes:
+            if node.op == "call_module":
+                module = self.model.get_submodule(node.target)
+                if not isinstance(module, _LEAVES):
+                    bad.add(type(module).__name__)
+        if bad:
+            raise ModelError(
+                f"interval bounds do not support layers {sorted(bad)}; supported are "
+                "Conv, Linear, BatchNorm, ReLU, Flatten, pooling, Normalize and additions"
+            )
+
+    def __call__(self, x: Tensor, eps: float, spec: Tensor | None = None) -> IntervalResult:
+        """Clean logits and IBP bounds over ``[x - eps, x + eps] ∩ [0, 1]``.
+
+        ``spec`` (N x M x K) asks for bounds of ``spec @ logits`` instead of the logits.
+        """
+        box = Bounds.from_box(x, (x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0))
+        return _Run(self.model, spec, self._final_linear).execute(self.graph, box)
+
+
+class _Run:
+    """The state of one pass over the graph."""
+
+    def __init__(self, model: nn.Module, spec: Tensor | None, final: fx.Node | None) -> None:
+        self.model = model
+        self.spec = spec
+        self.final = final
+        self.pre_relu: list[PreActivation] = []
+        self.input_bounds: Bounds | None = None
+        self.logits: Tensor | None = None
+
+    def execute(self, graph: fx.Graph, box: Bounds) -> IntervalResult:
+        env: dict[fx.Node, Any] = {}
+        out: Any = None
+        for node in graph.nodes:
+            if node.op == "placeholder":
+                if env:
+                    raise ModelError("interval bounds need a model with a single input")
+                env[node] = box
+            elif node.op == "output":
+                out = env[node.args[0]]
+            else:
+                args = fx.node.map_arg(node.args, lambda n: env[n])
+                kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
+                env[node] = self._node(node, args, kwargs)
+        if not isinstance(out, Bounds):
+            raise ModelError("the model's output does not depend on its input")
+        if self.spec is not None and self.logits is None:
+            self.logits = out.x
+            out = _apply_spec(out, self.spec)
+        logits = out.x if self.logits is None else self.logits
+        return IntervalResult(logits, out.lower, out.upper, self.pre_relu, self.input_bounds or box)
+
+    def _node(self, node: fx.Node, args: tuple, kwargs: dict) -> Any:
+        if node.op == "get_attr":
+            value: Any = self.model
+            for part in node.target.split("."):
+                value = getattr(value, part)
+            return value
+        if node.op == "call_module":
+            module = self.model.get_submodule(node.target)
+            if node is self.final and self.spec is not None:
+                self.logits = F.linear(args[0].x, module.weight, module.bias)
+                return _folded_linear(module.weight, module.bias, args[0], self.spec)
+            return self._module(module, args[0])
+        if node.op == "call_function":
+            return self._function(node.target, args, kwargs)
+        if node.op == "call_method":
+            return self._method(node.target, args, kwargs)
+        raise ModelError(f"unsupported graph node {node.op} {node.target}")
+
+    def _relu(self, v: Bounds) -> Bounds:
+        lower, upper = v.lower, v.upper
+        self.pre_relu.append(PreActivation(lower, upper, v.center, v.radius))
+        lower, upper = torch.relu(lower), torch.relu(upper)
+        # lerp and one subtraction give centre and radius in two passes instead of four.
+        center = torch.lerp(lower, upper, 0.5)
+        return Bounds(torch.relu(v.x), center, center - lower)
+
+    def _module(self, module: nn.Module, v: Any) -> Any:
+        if not isinstance(v, Bounds):
+            return module(v)
+        if isinstance(module, nn.ReLU):
+            return self._relu(v)
+        if isinstance(module, nn.Conv1d | nn.Conv2d):
+            # _conv_forward honours padding modes other than zeros.
+            return _affine(v, module._conv_forward, module.weight, module.bias)
+        if isinstance(module, nn.Linear):
+            return _affine(v, F.linear, module.weight, module.bias)
+        if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
+            return _batch_norm(module, v)
+        if isinstance(module, Normalize):
+            out = _normalize(module, v)
+            if self.input_bounds is None:
+                self.input_bounds = out
+            return out
+        if isinstance(module, nn.MaxPool2d):
+            return v.monotone(module)
+        if isinstance(module, nn.Dropout) and module.training and module.p > 0:
+            raise ModelError("interval bounds in training do not support Dropout with p > 0")
+        # Flatten, average pooling, Identity, inactive Dropout.
+        return v.linear(module)
+
+    def _function(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        if not any(isinstance(a, Bounds) for a in args):
+            if target is torch.cat and any(isinstance(a, Bounds) for a in args[0]):
+                return _cat(args, kwargs)
+            return target(*args, **kwargs)
+        if target in ADD_TARGETS:
+            return _add(args[0], args[1])
+        if target in (operator.sub, torch.sub):
+            return _add(args[0], _neg(args[1]))
+        if target is operator.neg:
+            return _neg(args[0])
+        if target in (operator.mul, torch.mul):
+            return _scale(args[0], args[1])
+        if target in (operator.truediv, torch.div) and not isinstance(args[1], Bounds):
+            return _scale(args[0], 1.0 / args[1])
+        if target in _AFFINE_FUNCTIONS and isinstance(args[0], Bounds):
+            return _affine_call(target, args, kwargs)
+        if target in _RELU_FUNCTIONS:
+            return self._relu(args[0])
+        if target is F.max_pool2d:
+            return args[0].monotone(lambda t: F.max_pool2d(t, *args[1:], **kwargs))
+        if target is getattr:
+            return getattr(args[0].x, args[1])
+        if target in _LINEAR_FUNCTIONS:
+            fn = _LINEAR_FUNCTIONS[target]
+            return args[0].linear(lambda t: fn(t, *args[1:], **kwargs))
+        raise ModelError(f"interval bounds do not support the function {target}")
+
+    def _method(self, name: str, args: tuple, kwargs: dict) -> Any:
+        v, rest = args[0], args[1:]
+        if not isinstance(v, Bounds):
+            return getattr(v, name)(*rest, **kwargs)
+        if name in ("size", "dim"):
+            return getattr(v.x, name)(*rest, **kwargs)
+        if name in ("add", "add_", "__add__"):
+            return _add(v, rest[0])
+        if name == "relu":
+            return self._relu(v)
+        if name == "mean" or name in _SHAPE_METHODS:
+            return v.linear(lambda t: getattr(t, name)(*rest, **kwargs))
+        raise ModelError(f"interval bounds do not support the tensor method {name}")
+
+
+def _affine(v: Bounds, op: Callable, weight: Tensor, bias: Tensor | None) -> Bounds:
+    return Bounds(
+        op(v.x, weight, bias), op(v.center, weight, bias), op(v.radius, weight.abs(), None)
+    )
+
+
+def _affine_call(fn: Callable, args: tuple, kwargs: dict) -> Bounds:
+    """``F.linear``/``F.conv*`` called in a forward as (input, weight, bias, ...)."""
+    kwargs = dict(kwargs)
+    weight = kwargs.pop("weight", args[1] if len(args) > 1 else None)
+    bias = kwargs.pop("bias", args[2] if len(args) > 2 else None)
+    if isinstance(weight, Bounds) or isinstance(bias, Bounds):
+        raise ModelError("interval bounds do not support weights that depend on the input")
+
+    def op(t: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        return fn(t, w, b, *args[3:], **kwargs)
+
+    return _affine(args[0], op, weight, bias)
+
+
+def _folded_linear(weight: Tensor, bias: Tensor | None, v: Any, spec: Tensor) -> Bounds:
+    """The last Linear layer merged with the specification: weights ``C W`` per sample."""
+    if not isinstance(v, Bounds):
+        raise ModelError("the last layer's input does not depend on the model input")
+    merged = spec @ weight  # N x M x in
+    center = torch.einsum("nmi,ni->nm", merged, v.center)
+    if bias is not None:
+        center = center + spec @ bias
+    radius = torch.einsum("nmi,ni->nm", merged.abs(), v.radius)
+    spec_x = torch.einsum("nmi,ni->nm", merged, v.x)
+    return Bounds(spec_x, center, radius)
+
+
+def _apply_spec(v: Bounds, spec: Tensor) -> Bounds:
+    return Bounds(
+        torch.einsum("nmk,nk->nm", spec, v.x),
+        torch.einsum("nmk,nk->nm", spec, v.center),
+        torch.einsum("nmk,nk->nm", spec.abs(), v.radius),
+    )
+
+
+def _normalize(module: Normalize, v: Bounds) -> Bounds:
+    return Bounds(module(v.x), module(v.center), v.radius / module.std)
+
+
+def _batch_norm(module: nn.modules.batchnorm._BatchNorm, v: Bounds) -> Bounds:
+    x = v.x
+    if module.training or module.running_mean is None:
+        mean, var = _batch_stats(x)
+        if module.training and module.track_running_stats:
+            _update_running_stats(module, mean, var, x.numel() // mean.numel())
+    else:
+        mean, var = module.running_mean, module.running_var
+    scale = torch.rsqrt(var + module.eps)
+    if module.weight is not None:
+        scale = scale * module.weight
+    shift = -mean * scale
+    if module.bias is not None:
+        shift = shift + module.bias
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    scale, shift = scale.view(shape), shift.view(shape)
+    return Bounds(
+        torch.addcmul(shift, x, scale),
+        torch.addcmul(shift, v.center, scale),
+        v.radius * scale.abs(),
+    )
+
+
+def _batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance per channel (dimension 1), differentiable.
+
+    E[x^2] - E[x]^2 costs two fast reductions where ``Tensor.var`` over the batch and
+    spatial dimensions is several times slower on CPU; pre-BatchNorm activations have
+    means of the order of their spread, so float32 loses nothing that matters here.
+    """
+    dims = [0, *range(2, x.ndim)]
+    mean = x.mean(dims)
+    var = (x * x).mean(dims) - mean * mean
+    return mean, var.clamp(min=0.0)
+
+
+@torch.no_grad()
+def _update_running_stats(
+    module: nn.modules.batchnorm._BatchNorm, mean: Tensor, var: Tensor, count: int
+) -> None:
+    """What ``nn.BatchNorm`` does in a training forward, from statistics already at hand
+    (computing them once serves the clean output and the interval alike)."""
+    if count < 2:
+        raise ModelError("BatchNorm in training needs more than one value per channel")
+    module.num_batches_tracked.add_(1)
+    # momentum=None means a cumulative average over all batches, as in nn.BatchNorm.
+    if module.momentum is None:
+        factor: Tensor | float = 1.0 / module.num_batches_tracked
+    else:
+        factor = module.momentum
+    module.running_mean.lerp_(mean.detach(), factor)
+    module.running_var.lerp_(var.detach() * (count / (count - 1)), factor)
+
+
+def _add(a: Any, b: Any) -> Bounds:
+    if isinstance(a, Bounds) and isinstance(b, Bounds):
+        return Bounds(a.x + b.x, a.center + b.center, a.radius + b.radius)
+    if isinstance(b, Bounds):
+        a, b = b, a
+    return Bounds(a.x + b, a.center + b, a.radius)
+
+
+def _neg(a: Any) -> Any:
+    return Bounds(-a.x, -a.center, a.radius) if isinstance(a, Bounds) else -a
+
+
+def _scale(a: Any, b: Any) -> Bounds:
+    if isinstance(a, Bounds) and isinstance(b, Bounds):
+        raise ModelError("interval bounds do not support products of two activations")
+    if isinstance(b, Bounds):
+        a, b = b, a
+    magnitude = b.abs() if isinstance(b, Tensor) else abs(b)
+    return Bounds(a.x * b, a.center * b, a.radius * magnitude)
+
+
+def _cat(args: tuple, kwargs: dict) -> Bounds:
+    parts = args[0]
+    dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+    if not all(isinstance(p, Bounds) for p in parts):
+        raise ModelError("interval bounds cannot concatenate bounds with constants")
+    return Bounds(
+        torch.cat([p.x for p in parts], dim),
+        torch.cat([p.center for p in parts], dim),
+        torch.cat([p.radius for p in parts], dim),
+    )

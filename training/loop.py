@@ -1,0 +1,216 @@
+"""One epoch of certified training, and the evaluation of a split between epochs.
+
+Per batch: eps_t comes from the schedule; while eps_t = 0 the loss is the clean
+cross-entropy, afterwards the robust cross-entropy of the margin lower bounds. During
+the warmup of the ``fast`` method (epochs up to the end of the eps ramp) the two
+regularizers are added with weight lambda * (1 - eps_t / eps_max); at eps_t = 0 their
+bounds are taken at a tiny eps (1e-6), as in the seed. Gradients are accumulated over
+``grad_acc_steps`` chunks of each batch, their norm clipped, then Adam steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import torch
+from torch import Tensor, nn
+
+from training.bounders import CrownIBPBounder, IBPBounder
+from training.interval import IntervalNetwork
+from training.losses import (
+    clean_cross_entropy,
+    clean_errors,
+    margin_spec,
+    robust_cross_entropy,
+    verified_errors,
+)
+from training.regularizers import regularizer_weight, relu_states, warmup_regularizers
+from training.schedulers import EpsSchedule
+
+
+class Method(StrEnum):
+    FAST = "fast"
+    VANILLA = "vanilla"
+    CROWN_IBP = "crown-ibp"
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    method: Method
+    max_eps: float
+    num_classes: int
+    tol: float = 0.5
+    reg_lambda: float = 0.5
+    min_reg_eps: float = 1e-6
+    grad_clip: float = 10.0
+    grad_acc_steps: int = 1
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """Reported after every batch."""
+
+    epoch: int
+    batch: int  # from 1
+    num_batches: int
+    eps: float
+    loss: float
+
+
+BatchCallback = Callable[[BatchProgress], None]
+
+
+@dataclass
+class Meter:
+    """Sums of per-sample quantities; ``mean(name)`` is None for what was never seen."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, name: str, value: float, count: int) -> None:
+        self.sums[name] = self.sums.get(name, 0.0) + value * count
+        self.counts[name] = self.counts.get(name, 0) + count
+
+    def mean(self, name: str) -> float | None:
+        count = self.counts.get(name, 0)
+        return self.sums[name] / count if count else None
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    eps: float  # eps of the epoch's last batch
+    meter: Meter
+    seconds: float
+
+
+def train_epoch(
+    model: nn.Module,
+    bounder: IBPBounder | CrownIBPBounder,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    schedule: EpsSchedule,
+    epoch: int,
+    config: StepConfig,
+    device: torch.device,
+    on_batch: BatchCallback | None = None,
+) -> EpochStats:
+    """Train for one epoch; returns averages of losses, errors and ReLU states."""
+    start = time.perf_counter()
+    bounder.train(True)
+    meter = Meter()
+    eps = 0.0
+    regularize = config.method is Method.FAST and epoch <= schedule.last_warmup_epoch
+    params = [p for p in model.parameters() if p.requires_grad]
+    for index, (x, y) in enumerate(batches):
+        eps = schedule.eps(epoch, index)
+        optimizer.zero_grad(set_to_none=True)
+        x, y = x.to(device), y.to(device)
+        chunks = zip(
+            x.tensor_split(config.grad_acc_steps),
+            y.tensor_split(config.grad_acc_steps),
+            strict=True,
+        )
+        loss_sum = 0.0
+        for xc, yc in chunks:
+            if len(yc) == 0:
+                continue
+            loss = _chunk_loss(model, bounder, xc, yc, eps, regularize, config, meter)
+            (loss * len(yc) / len(y)).backward()
+            loss_sum += loss.item() * len(yc)
+        torch.nn.utils.clip_grad_norm_(params, max_norm=config.grad_clip)
+        optimizer.step()
+        if on_batch is not None:
+            on_batch(BatchProgress(epoch, index + 1, schedule.epoch_length, eps, loss_sum / len(y)))
+    bounder.sync()
+    return EpochStats(epoch, eps, meter, time.perf_counter() - start)
+
+
+def _chunk_loss(
+    model: nn.Module,
+    bounder: IBPBounder | CrownIBPBounder,
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    regularize: bool,
+    config: StepConfig,
+    meter: Meter,
+) -> Tensor:
+    n = len(y)
+    if eps <= 0 and not regularize:
+        logits = model(x)
+        loss = clean_cross_entropy(logits, y)
+        meter.add("clean_ce", loss.item(), n)
+        meter.add("clean_err", float(clean_errors(logits, y).float().mean()), n)
+        meter.add("loss", loss.item(), n)
+        return loss
+    bound_eps = eps if eps > 0 else config.min_reg_eps
+    result = bounder.bounds(x, bound_eps, margin_spec(y, config.num_classes), config.max_eps)
+    clean_ce = clean_cross_entropy(result.logits, y)
+    meter.add("clean_ce", clean_ce.item(), n)
+    meter.add("clean_err", float(clean_errors(result.logits, y).float().mean()), n)
+    if eps > 0:
+        loss = robust_cross_entropy(result.lower)
+        meter.add("robust_ce", loss.item(), n)
+        meter.add("verified_err", float(verified_errors(result.lower).float().mean()), n)
+    else:
+        loss = clean_ce
+    active, inactive = relu_states(result.pre_relu)
+    meter.add("active", active, n)
+    meter.add("inactive", inactive, n)
+    if regularize:
+        input_radius = result.input_bounds.radius if result.input_bounds is not None else None
+        if input_radius is None:  # auto_LiRPA path: the pixel box, normalized
+            input_radius = _input_radius(model, x, bound_eps)
+        terms = warmup_regularizers(input_radius, result.pre_relu, config.tol)
+        meter.add("reg_tightness", terms.tightness.item(), n)
+        meter.add("reg_relu", terms.relu.item(), n)
+        loss = loss + regularizer_weight(config.reg_lambda, eps, config.max_eps) * terms.total
+    meter.add("loss", loss.item(), n)
+    return loss
+
+
+def _input_radius(model: nn.Module, x: Tensor, eps: float) -> Tensor:
+    radius = ((x + eps).clamp(0, 1) - (x - eps).clamp(0, 1)) * 0.5
+    normalize = getattr(model, "normalize", None)
+    return radius / normalize.std if normalize is not None else radius
+
+
+@dataclass
+class SplitStats:
+    clean_err: float
+    verified_err: float
+    robust_ce: float
+    seconds: float
+
+
+@torch.no_grad()
+def evaluate_split(
+    model: nn.Module,
+    network: IntervalNetwork,
+    images: Tensor,
+    labels: Tensor,
+    eps: float,
+    num_classes: int,
+    batch_size: int,
+    device: torch.device,
+) -> SplitStats:
+    """Clean and IBP-verified error at ``eps`` in eval mode (BatchNorm: running stats)."""
+    start = time.perf_counter()
+    model.eval()
+    meter = Meter()
+    for i in range(0, len(labels), batch_size):
+        x, y = images[i : i + batch_size].to(device), labels[i : i + batch_size].to(device)
+        result = network(x, eps, margin_spec(y, num_classes))
+        meter.add("clean_err", float(clean_errors(result.logits, y).float().mean()), len(y))
+        meter.add("verified_err", float(verified_errors(result.lower).float().mean()), len(y))
+        meter.add("robust_ce", float(robust_cross_entropy(result.lower)), len(y))
+    return SplitStats(
+        meter.mean("clean_err") or 0.0,
+        meter.mean("verified_err") or 0.0,
+        meter.mean("robust_ce") or 0.0,
+        time.perf_counter() - start,
+    )

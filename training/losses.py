@@ -1,0 +1,53 @@
+"""Losses of certified training: clean and robust cross-entropy and the margin spec.
+
+The robust loss is the cross-entropy of the "worst-case logits" ``[0, -m_1, ...,
+-m_{K-1}]`` with the true class at index 0, where m_j are lower bounds of the margins
+z_y - z_j: it is an upper bound of the cross-entropy anywhere in the eps-ball.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def margin_spec(labels: Tensor, num_classes: int) -> Tensor:
+    """C of shape (N, K-1, K) with rows e_y - e_j for every other class j, in class
+    order (the same rows as :func:`certify.bounds.margin_matrix`, without importing
+    auto_LiRPA)."""
+    n = len(labels)
+    eye = torch.eye(num_classes, device=labels.device)
+    others = torch.arange(num_classes, device=labels.device).expand(n, -1)
+    others = others[others != labels[:, None]].view(n, num_classes - 1)
+    return eye[labels].unsqueeze(1) - eye[others]
+
+
+def robust_cross_entropy(margin_lower: Tensor) -> Tensor:
+    """Mean cross-entropy of ``[0, -margin_lower]`` with target 0."""
+    padded = torch.cat([torch.zeros_like(margin_lower[:, :1]), margin_lower], dim=1)
+    target = torch.zeros(len(margin_lower), dtype=torch.long, device=margin_lower.device)
+    return F.cross_entropy(-padded, target)
+
+
+def clean_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    return F.cross_entropy(logits, labels)
+
+
+def verified_errors(margin_lower: Tensor) -> Tensor:
+    """Per sample: 1 where some margin lower bound is not positive (not verified)."""
+    return (margin_lower <= 0).any(dim=1)
+
+
+def clean_errors(logits: Tensor, labels: Tensor) -> Tensor:
+    return logits.argmax(dim=1) != labels
+
+
+def crown_ibp_mix(
+    ibp_lower: Tensor, crown_lower: Tensor | None, eps: float, max_eps: float
+) -> Tensor:
+    """beta * CROWN-IBP + (1 - beta) * IBP with beta = (eps_max - eps) / eps_max."""
+    beta = (max_eps - eps) / max_eps if max_eps > 0 else 0.0
+    if crown_lower is None or beta < 1e-5:
+        return ibp_lower
+    return beta * crown_lower + (1 - beta) * ibp_lower

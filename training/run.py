@@ -1,0 +1,411 @@
+"""A whole training run: data, model, epochs, checkpoints, log and the final report.
+
+:func:`train` takes a :class:`~training.config.TrainConfig` and returns a
+:class:`TrainResult`; it prints nothing and reports progress through
+:class:`TrainCallbacks`. The run folder holds ``last.pth`` (every epoch, with the state
+to resume from), ``best.pth`` (the epoch with the lowest IBP-verified error at eps_max
+on the validation split, among epochs trained at eps_max), ``train_log.csv`` and, after
+the final evaluation of ``best.pth`` on the test set with ``certify eval``'s pipeline,
+the appended results CSV.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from certify.datasets import get_spec
+from certify.devices import resolve_device
+from certify.errors import CheckpointError, UsageError
+from certify.evaluation import ProgressFn
+from model_zoo import create_model
+from model_zoo.normalization import NormalizedModel
+from training.bounders import CrownIBPBounder, IBPBounder
+from training.checkpointing import (
+    BEST,
+    LAST,
+    Best,
+    TrainingState,
+    load_training_checkpoint,
+    save_training_checkpoint,
+)
+from training.config import TrainConfig
+from training.data import Augmentation, Split, batches, epoch_length, split_validation
+from training.init import InitReport, ibp_init
+from training.log_csv import LOG_NAME, read_log, rows_up_to, write_log
+from training.loop import (
+    BatchCallback,
+    EpochStats,
+    Method,
+    SplitStats,
+    StepConfig,
+    evaluate_split,
+    train_epoch,
+)
+from training.schedulers import EpsSchedule
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Reported once, before the first epoch."""
+
+    num_train: int
+    num_val: int
+    first_epoch: int
+    epochs: int
+    batches_per_epoch: int
+    device: str
+    resumed: bool
+    init: InitReport | None
+
+
+@dataclass
+class TrainCallbacks:
+    on_start: Callable[[RunInfo], None] | None = None
+    on_batch: BatchCallback | None = None
+    on_epoch: Callable[[dict[str, Any]], None] | None = None
+    on_eval: ProgressFn | None = None
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    last_path: Path
+    best_path: Path
+    log_path: Path
+    best: Best
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    evaluation: Any = None  # certify.eval_run.EvalResult when the final evaluation ran
+    seconds: float = 0.0
+
+
+def lr_at(config: TrainConfig, epoch: int) -> float:
+    """Step decay: x factor for every milestone already passed (MultiStepLR stepped
+    once after each epoch, as in the seed)."""
+    passed = sum(1 for m in config.lr_milestones if m < epoch)
+    return config.lr * config.lr_decay_factor**passed
+
+
+def build_model(config: TrainConfig) -> NormalizedModel:
+    spec = get_spec(config.dataset)
+    network = create_model(
+        config.arch, spec.channels, spec.size, config.classes, **config.model_options
+    )
+    # The normalization lives in the model, so bounds are taken in pixel space.
+    return NormalizedModel(network, spec.mean, spec.std)
+
+
+def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainResult:
+    """Run (or resume) training as configured; see the module docstring for outputs."""
+    threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        return _train(config, callbacks)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: TrainConfig, callbacks: TrainCallbacks | None) -> TrainResult:
+    callbacks = callbacks or TrainCallbacks()
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    out_dir = _check_out_dir(config)
+    train_split, val_split = _load_data(config)
+    # Created only now, so that bad options or data leave nothing behind.
+    _make_dir(out_dir)
+    eval_request = _eval_request(config, out_dir, device) if config.final_eval else None
+    start = _start(config, out_dir, device)
+    runner = _EpochRunner(config, start, device, train_split)
+    if callbacks.on_start:
+        callbacks.on_start(
+            RunInfo(len(train_split), len(val_split), start.first_epoch, config.epochs,
+                    runner.schedule.epoch_length, str(device), start.resumed, start.init)
+        )  # fmt: skip
+    log_path = out_dir / LOG_NAME
+    rows = rows_up_to(read_log(log_path), start.first_epoch - 1)
+    best = start.best
+    for epoch in range(start.first_epoch, config.epochs + 1):
+        stats = runner.run(epoch, callbacks.on_batch)
+        val = runner.validate(val_split)
+        is_best = _is_candidate(runner.schedule, epoch, config) and (
+            val is None or best.improved_by(val.verified_err, val.clean_err)
+        )
+        if is_best:
+            # Without a validation split the last epoch at eps_max is the selected one.
+            errors = (val.verified_err, val.clean_err) if val else (float("nan"),) * 2
+            best = Best(epoch, *errors)
+        rows.append(_row(config, epoch, stats, val, is_best))
+        write_log(log_path, rows)
+        _save(config, out_dir, start.model, epoch, runner.state(epoch, best), is_best)
+        if callbacks.on_epoch:
+            callbacks.on_epoch(rows[-1])
+    best = _ensure_best(config, out_dir, best)
+    result = TrainResult(out_dir, out_dir / LAST, out_dir / BEST, log_path, best, rows)
+    if eval_request is not None:
+        from certify.eval_run import run_evaluation
+
+        result.evaluation = run_evaluation(eval_request, callbacks.on_eval)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+@dataclass
+class _Start:
+    """The model and optimizer at the first epoch to train, fresh or resumed."""
+
+    model: NormalizedModel
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    first_epoch: int
+    best: Best
+    resumed: bool
+    init: InitReport | None
+
+
+def _start(config: TrainConfig, out_dir: Path, device: torch.device) -> _Start:
+    torch.manual_seed(config.seed)
+    model = build_model(config)
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    resumed = _resume_state(config, out_dir, model, optimizer, generator, device)
+    if resumed is not None:
+        return _Start(model, optimizer, generator, resumed.epoch + 1, resumed.best, True, None)
+    init = ibp_init(model) if config.method is Method.FAST else None
+    model.to(device)
+    return _Start(model, optimizer, generator, 1, Best(), False, init)
+
+
+class _EpochRunner:
+    """The pieces one epoch needs, built once per run."""
+
+    def __init__(
+        self, config: TrainConfig, start: _Start, device: torch.device, train_split: Split
+    ) -> None:
+        self.config, self.device, self.train_split = config, device, train_split
+        model = self.model = start.model
+        self.optimizer, self.generator = start.optimizer, start.generator
+        self.schedule = _schedule(config, len(train_split))
+        self.augment = Augmentation(config.crop_padding, config.flip)
+        if config.method is Method.CROWN_IBP:
+            shape = get_spec(config.dataset).input_shape
+            self.bounder: IBPBounder | CrownIBPBounder = CrownIBPBounder(model, shape, device)
+            self.network = IBPBounder(model).network
+        else:
+            self.bounder = IBPBounder(model)
+            self.network = self.bounder.network
+        self.step = StepConfig(
+            method=config.method,
+            max_eps=config.eps,
+            num_classes=config.classes,
+            tol=config.tol,
+            reg_lambda=config.reg_lambda,
+            min_reg_eps=config.min_reg_eps,
+            grad_clip=config.grad_clip,
+            grad_acc_steps=config.grad_acc_steps,
+        )
+
+    def run(self, epoch: int, on_batch: BatchCallback | None) -> EpochStats:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.config, epoch)
+        data = batches(self.train_split, self.config.batch_size, self.generator, self.augment)
+        return train_epoch(
+            self.model, self.bounder, self.optimizer, data, self.schedule, epoch, self.step,
+            self.device, on_batch,
+        )  # fmt: skip
+
+    def validate(self, split: Split) -> SplitStats | None:
+        if len(split) == 0:
+            return None
+        return evaluate_split(
+            self.model, self.network, split.images, split.labels, self.config.eps,
+            self.config.classes, self.config.eval_batch_size, self.device,
+        )  # fmt: skip
+
+    def state(self, epoch: int, best: Best) -> TrainingState:
+        schedule = self.schedule
+        return TrainingState(
+            epoch=epoch,
+            optimizer=self.optimizer.state_dict(),
+            torch_rng=torch.get_rng_state(),
+            data_rng=self.generator.get_state(),
+            best=best,
+            lr=lr_at(self.config, epoch),
+            schedules={
+                "eps": schedule.eps_after(epoch),
+                "eps_kind": schedule.kind.value,
+                "epoch_length": schedule.epoch_length,
+                "lr_milestones": list(self.config.lr_milestones),
+                "lr_decay_factor": self.config.lr_decay_factor,
+            },
+        )
+
+
+def _schedule(config: TrainConfig, num_train: int) -> EpsSchedule:
+    return EpsSchedule(
+        max_eps=config.eps,
+        start=config.schedule_start,
+        length=config.schedule_length,
+        epoch_length=epoch_length(num_train, config.batch_size),
+        kind=config.schedule,
+    )
+
+
+def _is_candidate(schedule: EpsSchedule, epoch: int, config: TrainConfig) -> bool:
+    # Only epochs trained up to eps_max compete, as in the seed: earlier ones can have a
+    # low clean error and a meaningless verified error.
+    return schedule.eps_after(epoch) >= config.eps
+
+
+def _load_data(config: TrainConfig) -> tuple[Split, Split]:
+    from certify.data import load_split
+
+    data = load_split(config.dataset, config.data_dir, "train", 0, config.num_train)
+    if config.num_classes is not None and int(data.labels.max()) >= config.num_classes:
+        raise UsageError(
+            f"--num-classes {config.num_classes}: the data has label {int(data.labels.max())}"
+        )
+    return split_validation(data.images, data.labels, config.val_size, config.seed)
+
+
+def _check_out_dir(config: TrainConfig) -> Path:
+    out_dir = Path(config.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out-dir {out_dir} is a file: give a folder")
+    if (out_dir / LAST).exists() and not config.resume:
+        raise UsageError(
+            f"{out_dir} already holds a run ({LAST}): pass --resume to continue it, "
+            "or choose another --out-dir"
+        )
+    if config.resume and not (out_dir / LAST).exists():
+        raise UsageError(f"--resume: {out_dir / LAST} does not exist; start without --resume")
+    return out_dir
+
+
+def _make_dir(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create --out-dir {out_dir}: {exc.strerror}") from None
+
+
+def _resume_state(
+    config: TrainConfig,
+    out_dir: Path,
+    model: NormalizedModel,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    device: torch.device,
+) -> TrainingState | None:
+    if not config.resume:
+        return None
+    path = out_dir / LAST
+    raw, state = load_training_checkpoint(path)
+    stored = raw.get("train_args") or {}
+    changed = config.differences(stored)
+    if changed:
+        shown = ", ".join(f"{k} ({stored[k]!r} in the run)" for k in changed)
+        raise UsageError(f"--resume: these settings differ from the run in {out_dir}: {shown}")
+    try:
+        model.model.load_state_dict(raw["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: the weights do not fit: {exc}") from None
+    model.to(device)
+    optimizer.load_state_dict(state.optimizer)
+    torch.set_rng_state(state.torch_rng)
+    generator.set_state(state.data_rng)
+    return state
+
+
+def _meta(config: TrainConfig, epoch: int) -> dict[str, Any]:
+    return {
+        "arch": config.arch,
+        "arch_options": dict(config.model_options),
+        "dataset": config.dataset,
+        "num_classes": config.classes,
+        "eps": config.eps,
+        "method": config.method.value,
+        "train_args": config.to_plain(),
+        "epoch": epoch,
+    }
+
+
+def _save(
+    config: TrainConfig,
+    out_dir: Path,
+    model: nn.Module,
+    epoch: int,
+    state: TrainingState,
+    is_best: bool,
+) -> None:
+    if is_best:
+        save_training_checkpoint(out_dir / BEST, model, _meta(config, epoch), None)
+    # last.pth goes last: a run killed in between resumes from the previous epoch and
+    # redoes this one, rewriting best.pth identically.
+    save_training_checkpoint(out_dir / LAST, model, _meta(config, epoch), state)
+
+
+def _ensure_best(config: TrainConfig, out_dir: Path, best: Best) -> Best:
+    """Without a candidate epoch (eps_max never reached), the last epoch is the result."""
+    if best.epoch > 0 and (out_dir / BEST).exists():
+        return best
+    raw, state = load_training_checkpoint(out_dir / LAST)
+    model = build_model(config)
+    model.model.load_state_dict(raw["state_dict"])
+    save_training_checkpoint(out_dir / BEST, model, _meta(config, state.epoch), None)
+    return Best(state.epoch, float("nan"), float("nan"))
+
+
+def _row(
+    config: TrainConfig, epoch: int, stats: EpochStats, val: SplitStats | None, is_best: bool
+) -> dict[str, Any]:
+    m = stats.meter
+    return {
+        "epoch": epoch,
+        "eps": stats.eps,
+        "eps_max": config.eps,
+        "lr": lr_at(config, epoch),
+        "loss": m.mean("loss"),
+        "clean_ce": m.mean("clean_ce"),
+        "robust_ce": m.mean("robust_ce"),
+        "reg_tightness": m.mean("reg_tightness"),
+        "reg_relu": m.mean("reg_relu"),
+        "train_clean_err": m.mean("clean_err"),
+        "train_verified_err": m.mean("verified_err"),
+        "val_clean_err": val.clean_err if val else None,
+        "val_verified_err": val.verified_err if val else None,
+        "active": m.mean("active"),
+        "inactive": m.mean("inactive"),
+        "epoch_seconds": stats.seconds,
+        "val_seconds": val.seconds if val else None,
+        "best": int(is_best),
+    }
+
+
+def _eval_request(config: TrainConfig, out_dir: Path, device: torch.device):
+    """The ``certify eval`` request for the final report, checked before training."""
+    from certify.attack import PGDConfig
+    from certify.bounds import parse_methods
+    from certify.datasets import parse_dataset
+    from certify.eval_run import EvalRequest
+
+    request = EvalRequest(
+        model_path=out_dir / BEST,
+        dataset=parse_dataset(config.dataset),
+        data_dir=Path(config.data_dir),
+        eps=config.eps,
+        methods=parse_methods(list(config.eval_methods)),
+        pgd=PGDConfig(steps=config.pgd_steps),
+        device=device,
+        num_samples=config.test_samples,
+        batch_size=config.eval_batch_size,
+        out=Path(config.results_csv) if config.results_csv else out_dir / "results.csv",
+    )
+    request.check_outputs()
+    return request
