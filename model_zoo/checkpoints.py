@@ -20,12 +20,10 @@ load the file again without flags.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import pickle
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from certify.atomic_files import atomic_write
 from certify.datasets import SPECS, Dataset, DatasetSpec, get_spec, parse_dataset
 from certify.errors import CertifyError, CheckpointError, ModelError
 from model_zoo.normalization import NormalizedModel
@@ -641,22 +640,14 @@ def _complete_meta(meta: Mapping[str, Any], norm: Normalization | None) -> dict[
 
 def _atomic_save(payload: Mapping[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(dict(payload), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # os.replace is atomic on one file system: readers see the old or the new file.
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda handle: torch.save(dict(payload), handle))
 
 
 def save_checkpoint(
-    path: str | os.PathLike[str], model: nn.Module, meta: Mapping[str, Any]
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    meta: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` in certify's format, atomically (temp file + ``os.replace``).
 
@@ -664,7 +655,8 @@ def save_checkpoint(
     needs ``arch`` and either ``dataset`` or ``in_ch``/``in_dim``/``num_classes``; the
     normalization defaults to the model's own, then the data set's. Optional fields:
     ``arch_options`` (keyword options given to ``create_model``, e.g. ``width``), ``eps``,
-    ``method``, ``train_args`` (plain values only) and ``epoch``.
+    ``method``, ``train_args`` (plain values only) and ``epoch``. ``extra`` entries (plain
+    values and tensors, e.g. a training state) are stored beside them.
     """
     network, norm = _unwrap(model)
     info = _complete_meta(meta, norm)
@@ -674,6 +666,7 @@ def save_checkpoint(
     if mismatch:
         raise CheckpointError(mismatch.describe(info["arch"], geometry, subject="the model"))
     payload = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **info, "state_dict": state_dict}
+    payload |= dict(extra or {})
     target = Path(path)
     try:
         _atomic_save(payload, target)

@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from certify.atomic_files import atomic_write_text
 from certify.bounds import BoundMethod
 from certify.errors import UsageError
 from certify.evaluation import EvalSummary, SampleOutcomes
-from reports.atomic import atomic_write_text
 
 EVAL_COLUMNS = (
     "model",

@@ -27,3 +27,11 @@ def test_append_refuses_other_columns_and_keeps_file(tmp_path) -> None:
 def test_missing_folder_is_a_usage_error(tmp_path) -> None:
     with pytest.raises(UsageError, match="does not exist"):
         append_rows(tmp_path / "nope" / "r.csv", [{"a": 1}], ["a"])
+
+
+def test_written_files_are_readable_by_others_like_any_new_file(tmp_path) -> None:
+    path = tmp_path / "r.csv"
+    append_rows(path, [{"a": 1}], ["a"])
+    reference = tmp_path / "plain.txt"
+    reference.write_text("x")
+    assert path.stat().st_mode & 0o777 == reference.stat().st_mode & 0o777

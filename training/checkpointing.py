@@ -11,9 +11,6 @@ killed while saving keeps its previous checkpoint.
 
 from __future__ import annotations
 
-import io
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +20,6 @@ from torch import nn
 
 from certify.errors import CheckpointError
 from model_zoo.checkpoints import read_checkpoint, save_checkpoint
-from reports.atomic import atomic_write
 
 LAST = "last.pth"
 BEST = "best.pth"
@@ -100,21 +96,8 @@ def save_training_checkpoint(
     path: Path, model: nn.Module, meta: dict[str, Any], state: TrainingState | None
 ) -> None:
     """Write ``model`` in certify's format at ``path`` with ``state`` added, atomically."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".model")
-    os.close(fd)
-    try:
-        save_checkpoint(tmp, model, meta)
-        if state is None:
-            os.replace(tmp, path)
-            return
-        payload = dict(read_checkpoint(tmp))
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    payload["training"] = state.to_payload()
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    extra = {"training": state.to_payload()} if state is not None else None
+    save_checkpoint(path, model, meta, extra)
 
 
 def load_training_checkpoint(path: Path) -> tuple[dict[str, Any], TrainingState]:

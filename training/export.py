@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from certify.atomic_files import atomic_path
 from certify.errors import ModelError, UsageError
 from model_zoo.checkpoints import load_checkpoint
 from model_zoo.normalization import NormalizedModel
@@ -50,28 +49,15 @@ def export_onnx(
         # Identity normalization is left out on loading; put it back so the file says so.
         model = NormalizedModel(model, loaded.mean, loaded.std)
     model = model.eval().cpu()
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".onnx")
-    os.close(fd)
-    try:
-        _export(model, loaded.input_shape, Path(tmp), opset)
-        diff = _check(model, Path(tmp), loaded.input_shape)
+    with atomic_path(out_path) as tmp:
+        _export(model, loaded.input_shape, tmp, opset)
+        diff = _check(model, tmp, loaded.input_shape)
         if diff > tol:
             raise ModelError(
                 f"the exported ONNX model differs from the checkpoint by {diff:.2e} "
                 f"(more than {tol:g}); the architecture may use an unsupported operation"
             )
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; exports are not
-        os.replace(tmp, out_path)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
     return ExportResult(out_path, loaded.arch, loaded.dataset, loaded.input_shape, diff)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 @contextlib.contextmanager
