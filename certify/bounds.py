@@ -9,6 +9,7 @@ bound is positive.
 from __future__ import annotations
 
 import logging
+import warnings
 from enum import StrEnum
 
 import torch
@@ -77,9 +78,13 @@ class MarginBounder:
         model = fold_batchnorm(model.eval()).to(device)
         dummy = torch.zeros(1, *input_shape, device=device)
         try:
-            self.module = lirpa.BoundedModule(
-                model, dummy, bound_opts={"conv_mode": "patches"}, device=device
-            )
+            with warnings.catch_warnings():
+                # auto_LiRPA traces the model with torch.jit; its tracer warnings about
+                # shape arithmetic in converted ONNX graphs are noise to the user.
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                self.module = lirpa.BoundedModule(
+                    model, dummy, bound_opts={"conv_mode": "patches"}, device=device
+                )
         except Exception as exc:  # auto_LiRPA raises bare exceptions for unsupported graphs
             raise ModelError(f"auto_LiRPA cannot bound this model: {_one_line(exc)}") from exc
         self.module.eval()

@@ -41,12 +41,16 @@ def main() -> None:
 def _register_commands() -> None:
     from certify.commands.eval_command import eval_command
     from certify.commands.models_command import models_command
+    from certify.commands.plot_command import plot_command
+    from certify.commands.report_command import report_command
     from certify.commands.train_command import export_command, train_command
 
     cli.add_command(eval_command)
     cli.add_command(models_command)
     cli.add_command(train_command)
     cli.add_command(export_command)
+    cli.add_command(report_command)
+    cli.add_command(plot_command)
 
 
 _register_commands()

@@ -9,7 +9,13 @@ from certify.evaluation import EvalSummary
 
 def summary_table(title: str, summary: EvalSummary) -> Table:
     """Errors in percent with counts, and the seconds each stage took."""
-    table = Table(title=title, title_justify="left", min_width=len(title))
+    table = Table(
+        title=title,
+        title_justify="left",
+        min_width=len(title),
+        caption="checked: no verified image is misclassified or attacked by PGD",
+        caption_justify="left",
+    )
     table.add_column("metric")
     table.add_column("error", justify="right")
     table.add_column("wrong / total", justify="right")
