@@ -131,6 +131,7 @@ def _bound_all(
 ) -> torch.Tensor:
     """Minimum margin lower bound per sample, bounding in chunks that fit in memory."""
     chunk = config.crown_batch_size if method is BoundMethod.CROWN else config.batch_size
+    stage = f"{method.value} (chunks of {chunk})"
     results = []
     start = 0
     while start < len(images):
@@ -148,7 +149,7 @@ def _bound_all(
             continue
         results.append(lower.min(dim=1).values.cpu())
         start += len(x)
-        _report(progress, f"{method.value} (chunks of {chunk})", len(x), len(images))
+        _report(progress, stage, len(x), len(images))
     return torch.cat(results)
 
 
