@@ -8,8 +8,10 @@ bound is positive.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from enum import StrEnum
 
 import torch
@@ -77,16 +79,16 @@ class MarginBounder:
         # Bounds are taken on the BN-folded twin: the same function, fewer layers.
         model = fold_batchnorm(model.eval()).to(device)
         dummy = torch.zeros(1, *input_shape, device=device)
-        try:
-            with warnings.catch_warnings():
-                # auto_LiRPA traces the model with torch.jit; its tracer warnings about
-                # shape arithmetic in converted ONNX graphs are noise to the user.
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        with _captured_lirpa_log() as records, warnings.catch_warnings():
+            # auto_LiRPA traces the model with torch.jit; its tracer warnings about
+            # shape arithmetic in converted ONNX graphs are noise to the user.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            try:
                 self.module = lirpa.BoundedModule(
                     model, dummy, bound_opts={"conv_mode": "patches"}, device=device
                 )
-        except Exception as exc:  # auto_LiRPA raises bare exceptions for unsupported graphs
-            raise ModelError(f"auto_LiRPA cannot bound this model: {_one_line(exc)}") from exc
+            except Exception as exc:  # auto_LiRPA raises bare exceptions
+                raise ModelError(_cannot_bound(exc, records)) from exc
         self.module.eval()
         with torch.no_grad():
             self.num_classes = int(self.module(dummy).shape[-1])
@@ -122,6 +124,31 @@ def _refuse_unsupported_layers(model: nn.Module) -> None:
             f"dilated convolutions cannot be bounded soundly by auto_LiRPA 0.3 "
             f"(layers: {', '.join(dilated[:5])})"
         )
+
+
+@contextlib.contextmanager
+def _captured_lirpa_log() -> Iterator[list[str]]:
+    """Collect what auto_LiRPA logs instead of letting it print: it names unsupported
+    operators only in its log, one line each, and raises a message without them."""
+    logger = logging.getLogger("auto_LiRPA.utils")
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    saved = logger.propagate, logger.handlers[:]
+    logger.handlers, logger.propagate = [handler], False
+    try:
+        yield records
+    finally:
+        logger.propagate, logger.handlers = saved[0], saved[1]
+
+
+def _cannot_bound(exc: BaseException, records: list[str]) -> str:
+    ops = sorted(
+        {r.split(",")[0].removeprefix("Name: ") for r in records if r.startswith("Name: ")}
+    )
+    if ops:
+        return f"auto_LiRPA cannot bound these operators: {', '.join(ops)}"
+    return f"auto_LiRPA cannot bound this model: {_one_line(exc)}"
 
 
 def _one_line(exc: BaseException) -> str:

@@ -27,6 +27,8 @@ def files(tmp_path_factory, shared_data):
     torch.save(cifar.state_dict(), root / "cifar_bare.pth")
     torch.save(create_model("cnn_4layer", 1, 28, 7).state_dict(), root / "seven.pth")
     (root / "other.csv").write_text("a,b\n1,2\n")
+    torch.onnx.export(_Floored(), torch.zeros(1, 1, 28, 28), root / "floor.onnx", dynamo=False)
+    torch.onnx.export(cifar, torch.zeros(1, 3, 32, 32), root / "cifar.onnx", dynamo=False)
     (root / "empty_dir").mkdir()
     broken = root / "broken_data" / "MNIST" / "raw"
     broken.mkdir(parents=True)
@@ -36,6 +38,17 @@ def files(tmp_path_factory, shared_data):
         (broken / "t10k-images-idx3-ubyte.gz").read_bytes()[:5000]
     )
     return root
+
+
+class _Floored(torch.nn.Module):
+    """A network with an operator that converts from ONNX but has no bound."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(784, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.floor(x.flatten(1) * 4))
 
 
 CASES = {
@@ -71,6 +84,14 @@ CASES = {
     "same output twice": (
         ["{root}/good.pth", "--out", "{root}/x.csv", "--per-sample", "{root}/x.csv"],
         "same file",
+    ),
+    "onnx operator without bounds": (
+        ["{root}/floor.onnx", "--dataset", "mnist", "--eps", "0.1"],
+        "cannot bound these operators: onnx::Floor",
+    ),
+    "onnx input shape of another data set": (
+        ["{root}/cifar.onnx", "--dataset", "mnist", "--eps", "0.1"],
+        "1x28x28 image",
     ),
     "negative start": (["{root}/good.pth", "--start", "-3"], "--start"),
     "start past the end": (["{root}/good.pth", "--start", "20000"], "10,000"),
