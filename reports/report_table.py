@@ -84,6 +84,8 @@ def read_results(paths: Sequence[str | Path]) -> pd.DataFrame:
 
 
 def _read_one(path: Path) -> pd.DataFrame:
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; give its results CSV, e.g. {path / 'results.csv'}")
     if not path.is_file():
         raise UsageError(f"results file {path} does not exist")
     if path.stat().st_size == 0:
@@ -153,7 +155,7 @@ def _qualified_models(models: pd.Series, path: Path) -> pd.Series:
 def latest_rows(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, data set, eps, method): the one with the latest ``date``.
 
-    Ties (or rows without a date) go to the row read last.
+    Rows without a date lose to dated ones; on equal dates the row read last wins.
     """
     ordered = rows.sort_values(["date", "order"], na_position="first", kind="stable")
     return ordered.drop_duplicates(list(KEY_COLUMNS), keep="last").sort_values("order")
@@ -459,7 +461,9 @@ def terminal_table(groups: list[tuple[str, pd.DataFrame]]) -> Table:
     table = Table(caption=NOTE, caption_justify="left")
     right = set(error_columns(groups[0][1])) | {"samples"}
     for column in columns:
-        table.add_column(header(column), justify="right" if column in right else "left")
+        # Fold rather than elide: a cut model name or number is worse than a tall row.
+        justify = "right" if column in right else "left"
+        table.add_column(header(column), justify=justify, overflow="fold")
     for i, (_label, part) in enumerate(groups):
         if i:
             table.add_section()

@@ -10,7 +10,7 @@ import click
 
 @click.command("plot")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
+@click.option("--out", required=True, type=click.Path(), help="PNG file to write.")
 @click.option("--dpi", default=100, show_default=True, type=click.IntRange(30, 600))
 def plot_command(run_dirs: tuple[str, ...], out: str, dpi: int) -> None:
     """Draw the curves of RUN_DIRS (folders with train_log.csv) into one PNG.
@@ -19,8 +19,10 @@ def plot_command(run_dirs: tuple[str, ...], out: str, dpi: int) -> None:
     validation), and the shares of active and inactive ReLUs; one colour per run.
     """
     from certify.atomic_files import atomic_write
+    from reports.outputs import check_out_file
     from reports.plots import plot_runs
 
+    check_out_file(out, "curves.png")
     png = plot_runs(run_dirs, dpi=dpi)
     atomic_write(out, lambda f: f.write(png))
     click.echo(f"wrote {out}", err=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 _FORMAT_HELP = "terminal (rich table), markdown, latex (booktabs) or csv."
+_SUFFIX = {"markdown": "md", "latex": "tex", "csv": "csv"}
 
 
 def _split(values: tuple[str, ...] | str | None) -> tuple[str, ...]:
@@ -20,9 +21,9 @@ def _split(values: tuple[str, ...] | str | None) -> tuple[str, ...]:
 
 
 @click.command("report")
-@click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("results", nargs=-1, required=True, type=click.Path())
 @click.option("--format", "fmt", default="terminal", show_default=True, help=_FORMAT_HELP)
-@click.option("--out", type=click.Path(dir_okay=False), help="Write the table to this file.")
+@click.option("--out", type=click.Path(), help="Write the table to this file.")
 @click.option("--group-by", multiple=True, help="Columns to group rows by, e.g. dataset,eps.")
 @click.option("--sort-by", multiple=True, help="Columns to sort by; -col sorts descending.")
 @click.option(
@@ -42,6 +43,7 @@ def report_command(
     set, eps and method appear more than once, the row with the latest date wins.
     """
     from certify.atomic_files import atomic_write_text
+    from reports.outputs import check_out_file
     from reports.report_table import (
         ReportOptions,
         check_format,
@@ -51,6 +53,8 @@ def report_command(
     )
 
     fmt = check_format(fmt)
+    if out:
+        check_out_file(out, f"table.{_SUFFIX.get(fmt, 'txt')}")
     options = ReportOptions(where=where, group_by=_split(group_by), sort_by=_split(sort_by))
     groups = make_report(results, options)
     if out:

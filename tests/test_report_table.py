@@ -1,0 +1,226 @@
+"""`certify report`: rendering of a known set of rows, filters, grouping, sorting, merging
+of several files with the latest row winning, and bad input through the CLI."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from certify.cli import cli
+from certify.errors import UsageError
+from reports.eval_csv import EVAL_COLUMNS
+from reports.report_table import (
+    ReportOptions,
+    build_table,
+    make_report,
+    read_results,
+    render,
+    render_latex,
+    render_markdown,
+)
+
+
+def _row(model, dataset, eps, method, clean, pgd, verified, date="2026-01-01 10:00:00", n=100):
+    eps_value = {"0.1": 0.1, "0.3": 0.3, "8/255": 8 / 255}[eps]
+    values = dict.fromkeys(EVAL_COLUMNS, "")
+    values |= {
+        "model": model,
+        "arch": "cnn_4layer",
+        "dataset": dataset,
+        "eps": eps,
+        "eps_value": eps_value,
+        "method": method,
+        "num_samples": n,
+        "start": 0,
+        "clean_error": clean,
+        "pgd_error": pgd,
+        "verified_error": verified,
+        "date": date,
+    }
+    return values
+
+
+ROWS = [
+    _row("a.pth", "mnist", "0.1", "ibp", 0.02, 0.05, 0.10),
+    _row("a.pth", "mnist", "0.1", "crown-ibp", 0.02, 0.05, 0.08),
+    _row("b.pth", "mnist", "0.1", "ibp", 0.03, 0.04, 0.09),
+    _row("b.pth", "mnist", "0.1", "crown-ibp", 0.03, 0.04, 0.12),
+    _row("c.pth", "cifar", "8/255", "ibp", 0.30, 0.50, 0.60),
+    _row("c.pth", "cifar", "8/255", "crown-ibp", 0.30, 0.50, 0.65),
+    _row("d.pth", "cifar", "8/255", "ibp", 0.35, 0.52, 0.58),
+]
+
+
+def _write(path: Path, rows) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(EVAL_COLUMNS), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture()
+def results(tmp_path) -> Path:
+    return _write(tmp_path / "results.csv", ROWS)
+
+
+def test_markdown_of_known_rows(results):
+    text = render_markdown(make_report([results], ReportOptions()))
+    assert text == (
+        "| model | data set | eps | samples | clean | PGD | IBP | CROWN-IBP | best method |\n"
+        "|---|---|---|---:|---:|---:|---:|---:|---:|\n"
+        "| c.pth | cifar | 8/255 | 100 | **30.00** | **50.00** | 60.00 | 65.00 | 60.00 |\n"
+        "| d.pth | cifar | 8/255 | 100 | 35.00 | 52.00 | **58.00** | – | **58.00** |\n"
+        "| a.pth | mnist | 0.1 | 100 | **2.00** | 5.00 | 10.00 | **8.00** | **8.00** |\n"
+        "| b.pth | mnist | 0.1 | 100 | 3.00 | **4.00** | **9.00** | 12.00 | 9.00 |\n"
+        "\n"
+        "Errors in percent: clean, PGD, and verified per bound method; best method: the "
+        "lowest verified error of the methods (not a per-image union). Bold: best in its column "
+        "for that data set and eps.\n"
+    )
+
+
+def test_latex_of_known_rows_grouped(results):
+    groups = make_report([results], ReportOptions(group_by=("dataset",), sort_by=("model",)))
+    assert render_latex(groups) == (
+        "\\begin{tabular}{lllrrrrrr}\n"
+        "\\toprule\n"
+        "model & data set & eps & samples & clean & PGD & IBP & CROWN-IBP & best method \\\\\n"
+        "\\midrule\n"
+        "\\multicolumn{9}{l}{\\emph{dataset=cifar}} \\\\\n"
+        "c.pth & cifar & 8/255 & 100 & \\textbf{30.00} & \\textbf{50.00} & 60.00 & 65.00 "
+        "& 60.00 \\\\\n"
+        "d.pth & cifar & 8/255 & 100 & 35.00 & 52.00 & \\textbf{58.00} & -- "
+        "& \\textbf{58.00} \\\\\n"
+        "\\midrule\n"
+        "\\multicolumn{9}{l}{\\emph{dataset=mnist}} \\\\\n"
+        "a.pth & mnist & 0.1 & 100 & \\textbf{2.00} & 5.00 & 10.00 & \\textbf{8.00} "
+        "& \\textbf{8.00} \\\\\n"
+        "b.pth & mnist & 0.1 & 100 & 3.00 & \\textbf{4.00} & \\textbf{9.00} & 12.00 & 9.00 \\\\\n"
+        "\\bottomrule\n"
+        "\\end{tabular}\n"
+    )
+
+
+def test_latex_escapes_model_names(tmp_path):
+    path = _write(tmp_path / "r.csv", [_row("my_model&1%.pth", "mnist", "0.1", "ibp", 0, 0, 0)])
+    text = render(make_report([path], ReportOptions()), "latex")
+    assert "my\\_model\\&1\\%.pth" in text
+
+
+def test_best_method_is_min_over_methods(results):
+    table = build_table(read_results([results])).set_index("model")
+    assert table.loc["a.pth", "best_method"] == pytest.approx(8.0)
+    assert table.loc["b.pth", "best_method"] == pytest.approx(9.0)
+    assert table.loc["d.pth", "best_method"] == pytest.approx(58.0)
+
+
+def test_where_filters(results):
+    options = ReportOptions(where=("dataset=cifar", "verified_ibp<59"))
+    [(_, table)] = make_report([results], options)
+    assert list(table["model"]) == ["d.pth"]
+    [(_, table)] = make_report([results], ReportOptions(where=("eps=0.1", "model!=a.pth")))
+    assert list(table["model"]) == ["b.pth"]
+
+
+def test_sort_descending_and_group(results):
+    [(_, table)] = make_report([results], ReportOptions(sort_by=("-best_method",)))
+    assert list(table["model"]) == ["c.pth", "d.pth", "b.pth", "a.pth"]
+    groups = make_report([results], ReportOptions(group_by=("dataset", "eps"), sort_by=("pgd",)))
+    assert [label for label, _ in groups] == ["dataset=cifar, eps=8/255", "dataset=mnist, eps=0.1"]
+    assert [list(t["model"]) for _, t in groups] == [["c.pth", "d.pth"], ["b.pth", "a.pth"]]
+
+
+def test_unknown_column_lists_valid_ones(results):
+    with pytest.raises(UsageError, match="unknown column nope; valid columns: model, dataset"):
+        make_report([results], ReportOptions(sort_by=("nope",)))
+
+
+def test_merge_latest_row_wins(tmp_path):
+    old = _write(
+        tmp_path / "old.csv",
+        [
+            _row("a.pth", "mnist", "0.1", "ibp", 0.02, 0.05, 0.10, date="2026-01-02 10:00:00"),
+            _row("x.pth", "mnist", "0.3", "ibp", 0.05, 0.10, 0.20),
+        ],
+    )
+    new = _write(
+        tmp_path / "new.csv",
+        [
+            _row("a.pth", "mnist", "0.1", "ibp", 0.01, 0.04, 0.07, date="2026-01-03 10:00:00"),
+            _row("a.pth", "mnist", "0.1", "crown", 0.01, 0.04, 0.06, date="2026-01-03 10:00:00"),
+        ],
+    )
+    for order in ([old, new], [new, old]):
+        table = build_table(read_results(order)).set_index("model")
+        assert sorted(table.index) == ["a.pth", "x.pth"]
+        assert table.loc["a.pth", "verified_ibp"] == pytest.approx(7.0)
+        assert table.loc["a.pth", "clean"] == pytest.approx(1.0)
+        assert table.loc["a.pth", "best_method"] == pytest.approx(6.0)
+
+
+def test_training_runs_are_named_by_folder(tmp_path):
+    for run in ("fast", "vanilla"):
+        (tmp_path / run).mkdir()
+        _write(tmp_path / run / "results.csv", [_row("best.pth", "mnist", "0.1", "ibp", 0, 0, 0)])
+    paths = [tmp_path / "fast" / "results.csv", tmp_path / "vanilla" / "results.csv"]
+    table = build_table(read_results(paths))
+    assert sorted(table["model"]) == ["fast/best.pth", "vanilla/best.pth"]
+
+
+def test_cli_out_must_be_a_file_in_an_existing_folder(results, tmp_path):
+    for out, message in ((tmp_path, "is a folder"), (tmp_path / "no" / "t.md", "does not exist")):
+        res = CliRunner().invoke(cli, ["report", str(results), "--out", str(out)])
+        assert res.exit_code != 0
+        assert len(res.output.strip().splitlines()) == 1 and message in res.output
+
+
+def test_cli_writes_each_format(results, tmp_path):
+    runner = CliRunner()
+    for fmt in ("terminal", "markdown", "latex", "csv"):
+        out = tmp_path / f"table.{fmt}"
+        res = runner.invoke(cli, ["report", str(results), "--format", fmt, "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        assert "d.pth" in out.read_text()
+    res = runner.invoke(cli, ["report", str(results), "--format", "csv", "--where", "model=a.pth"])
+    assert res.exit_code == 0
+    assert res.output.splitlines()[1].startswith("a.pth,mnist,0.1,100,2,5,10,8,8")
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        (None, ["missing.csv"], "does not exist"),
+        ("", ["f.csv"], "is empty"),
+        ("a,b\n1,2\n", ["f.csv"], "lacks the columns model, dataset"),
+        (",".join(EVAL_COLUMNS) + "\n", ["f.csv"], "has a header but no rows"),
+        ("ROWS", ["f.csv", "--format", "html"], "unknown format 'html'"),
+        ("ROWS", ["f.csv", "--where", "nope=1"], "valid columns: model, dataset, eps"),
+        ("ROWS", ["f.csv", "--group-by", "dataset,nope"], "--group-by: unknown column nope"),
+        ("ROWS", ["f.csv", "--where", "dataset~cifar"], "cannot read --where"),
+        ("ROWS", ["f.csv", "--where", "dataset=svhn"], "no rows left"),
+        ("ROWS", ["f.csv", "--where", "pgd<lots"], "'lots' is not a number"),
+        ("ROWS", ["f.csv", "f.csv", "sub"], "is a folder; give its results CSV"),
+        ('a,b\n1,"2\n', ["f.csv"], "cannot read results file"),
+    ],
+)
+def test_cli_bad_input_is_one_line(tmp_path, setup, args, message):
+    source = tmp_path / "f.csv"
+    if setup == "ROWS":
+        _write(source, ROWS)
+    elif setup is not None:
+        source.write_text(setup)
+    out = tmp_path / "table.md"
+    (tmp_path / "sub").mkdir()
+    args = [str(tmp_path / a) if a.endswith(".csv") or a == "sub" else a for a in args]
+    res = CliRunner().invoke(cli, ["report", *args, "--out", str(out)])
+    assert res.exit_code != 0
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1, res.output
+    assert message in lines[0]
+    assert "Traceback" not in res.output
+    assert not out.exists()
+    assert not list(tmp_path.glob(".table.md.*"))
