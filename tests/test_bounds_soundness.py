@@ -12,18 +12,9 @@ from torch import nn
 
 from certify.bounds import BoundMethod, MarginBounder, margin_matrix
 from model_zoo.normalization import NormalizedModel
+from tests.networks import Residual
 
 TOL = 1e-5
-
-
-class _Residual(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-        self.bn = nn.BatchNorm2d(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x + self.bn(self.conv(x)))
 
 
 def _small_net(channels: int = 3) -> nn.Module:
@@ -31,7 +22,8 @@ def _small_net(channels: int = 3) -> nn.Module:
         nn.Conv2d(channels, 8, 3, stride=2, padding=1),
         nn.BatchNorm2d(8),
         nn.ReLU(),
-        _Residual(8),
+        Residual(8),
+        nn.ReLU(),
         nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=2),
         nn.BatchNorm2d(8),
         nn.ReLU(),

@@ -15,18 +15,9 @@ from torch import nn
 
 from certify.bounds import BoundMethod, MarginBounder, margin_matrix
 from model_zoo.normalization import NormalizedModel
+from tests.networks import Residual
 
 LAYERS = ("conv", "grouped_conv", "strided_conv", "residual", "avgpool")
-
-
-class _Residual(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-        self.bn = nn.BatchNorm2d(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.bn(self.conv(x))
 
 
 def _build(layers: list[str], in_ch: int, size: int, classes: int, seed: int) -> nn.Module:
@@ -43,7 +34,7 @@ def _build(layers: list[str], in_ch: int, size: int, classes: int, seed: int) ->
             mods += [nn.Conv2d(ch, ch, 3, stride=2, padding=1), nn.ReLU()]
             size = (size + 1) // 2
         elif kind == "residual":
-            mods += [_Residual(ch), nn.ReLU()]
+            mods += [Residual(ch), nn.ReLU()]
         elif kind == "avgpool" and size >= 4:
             mods += [nn.AvgPool2d(2)]
             size //= 2
