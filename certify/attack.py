@@ -35,14 +35,19 @@ def pgd_attack(
     labels: torch.Tensor,
     eps: float,
     config: PGDConfig = PGDConfig(),
-    generator: torch.Generator | None = None,
+    seed: int = 0,
+    indices: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attack each image; return (robust, adversarial images).
 
     ``robust[i]`` is False when some point in the ball (the clean image included) is
     misclassified. The returned images are, per sample, the first misclassified point
-    found, else the last iterate.
+    found, else the last iterate. The random start of image ``i`` depends only on
+    ``seed``, its data set index ``indices[i]`` and the restart, so the outcome does not
+    depend on how the data set is split into batches or processes.
     """
+    if indices is None:
+        indices = torch.arange(len(images))
     lower = (images - eps).clamp(0.0, 1.0)
     upper = (images + eps).clamp(0.0, 1.0)
     with torch.no_grad():
@@ -51,17 +56,26 @@ def pgd_attack(
     if eps == 0 or config.steps == 0:
         return ~found, best
     step = config.step_scale * eps / config.steps
-    for _ in range(config.restarts):
+    for restart in range(config.restarts):
         todo = ~found
         if not todo.any():
             break
-        start = torch.rand(images[todo].shape, generator=generator, device="cpu")
+        start = _start_noise(images.shape[1:], indices[todo.cpu()], seed, restart)
         x = lower[todo] + start.to(images.device) * (upper[todo] - lower[todo])
         adv, hit = _pgd_run(model, x, labels[todo], lower[todo], upper[todo], step, config.steps)
         idx = todo.nonzero().squeeze(1)
         best[idx] = adv
         found[idx] = hit
     return ~found, best
+
+
+def _start_noise(shape: torch.Size, indices: torch.Tensor, seed: int, restart: int) -> torch.Tensor:
+    """Uniform noise in [0, 1) per image, drawn from a generator of its own."""
+    noise = torch.empty(len(indices), *shape)
+    for row, index in enumerate(indices.tolist()):
+        key = (seed * 1_000_003 + index) * 101 + restart
+        noise[row] = torch.rand(shape, generator=torch.Generator().manual_seed(key))
+    return noise
 
 
 def _pgd_run(

@@ -91,7 +91,6 @@ def evaluate(
     """Run the clean pass, PGD and every bound method; return outcomes and seconds per stage."""
     model = model.eval().to(device)
     seconds = {"clean": 0.0, "pgd": 0.0} | {m.value: 0.0 for m in config.methods}
-    generator = torch.Generator().manual_seed(config.seed)
     preds, robust = [], []
     for start in range(0, len(images), config.batch_size):
         x = images[start : start + config.batch_size].to(device)
@@ -101,7 +100,8 @@ def evaluate(
             preds.append(model(x).argmax(dim=1).cpu())
         seconds["clean"] += _sync_elapsed(t0, device)
         t0 = time.perf_counter()
-        robust.append(pgd_attack(model, x, y, config.eps, config.pgd, generator)[0].cpu())
+        index = torch.arange(first_index + start, first_index + start + len(x))
+        robust.append(pgd_attack(model, x, y, config.eps, config.pgd, config.seed, index)[0].cpu())
         seconds["pgd"] += _sync_elapsed(t0, device)
         _report(progress, "clean+pgd", len(x), len(images))
     outcomes = SampleOutcomes(

@@ -43,3 +43,17 @@ def test_misclassified_clean_images_count_as_not_robust() -> None:
     wrong = torch.ones(1, dtype=torch.long)
     robust, _ = pgd_attack(model, images, wrong, 0.0, PGDConfig())
     assert not robust.any()
+
+
+def test_random_starts_do_not_depend_on_batching() -> None:
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    images = torch.rand(6, 1, 4, 4)
+    labels = model(images).argmax(1)
+    config = PGDConfig(steps=3)
+    whole = pgd_attack(model, images, labels, 0.2, config, seed=5)
+    first = pgd_attack(model, images[:2], labels[:2], 0.2, config, 5, torch.arange(2))
+    rest = pgd_attack(model, images[2:], labels[2:], 0.2, config, 5, torch.arange(2, 6))
+    torch.testing.assert_close(torch.cat([first[1], rest[1]]), whole[1])
+    other_seed = pgd_attack(model, images, labels, 0.2, config, seed=6)
+    assert not torch.equal(other_seed[1], whole[1])
