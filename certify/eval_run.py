@@ -22,6 +22,13 @@ from certify.attack import PGDConfig
 from certify.bounds import BoundMethod, parse_methods
 from certify.datasets import Dataset, get_spec, parse_dataset
 from certify.devices import describe_device, resolve_device
+from certify.distributed import (
+    device_for,
+    gather_outcomes,
+    leave,
+    merge_seconds,
+    shard_from_environment,
+)
 from certify.eps import format_eps, parse_eps
 from certify.errors import ModelError, UsageError
 from certify.evaluation import (
@@ -173,8 +180,12 @@ class EvalResult:
         }
 
 
-def run_evaluation(request: EvalRequest, progress: ProgressFn | None = None) -> EvalResult:
-    """Load, evaluate, check and write reports for one request."""
+def run_evaluation(request: EvalRequest, progress: ProgressFn | None = None) -> EvalResult | None:
+    """Load, evaluate, check and write reports for one request.
+
+    Under ``torchrun`` each process evaluates its shard; rank 0 merges, checks, writes the
+    reports and returns the result, the other processes return None.
+    """
     from certify.data import load_split
     from model_zoo.loading import load_model
 
@@ -203,12 +214,26 @@ def run_evaluation(request: EvalRequest, progress: ProgressFn | None = None) -> 
         crown_batch_size=request.crown_batch_size,
         seed=request.seed,
     )
-    outcomes, seconds = evaluate(
-        loaded.model, data.images, data.labels, config, request.device, data.start, progress
-    )
+    shard = shard_from_environment(request.device)
+    try:
+        lo, hi = shard.bounds(len(data.labels))
+        outcomes, seconds = evaluate(
+            loaded.model,
+            data.images[lo:hi],
+            data.labels[lo:hi],
+            config,
+            device_for(shard, request.device),
+            data.start + lo,
+            progress if shard.is_main else None,
+        )
+        outcomes, seconds = gather_outcomes(outcomes, shard), merge_seconds(seconds, shard)
+    finally:
+        leave(shard)
+    if outcomes is None:  # another process reports
+        return None
     check_consistency(outcomes)
     summary = summarize(outcomes, seconds)
-    meta = _meta(request, loaded.arch, dataset, eps, data.start)
+    meta = _meta(request, loaded.arch, dataset, eps, data.start, shard.world_size)
     result = EvalResult(meta, summary, outcomes)
     _write_reports(request, result)
     return result
@@ -238,7 +263,9 @@ def _check_input_shape(model, images: torch.Tensor, dataset: Dataset, path: Path
         )
 
 
-def _meta(request: EvalRequest, arch: str, dataset: Dataset, eps: float, start: int) -> dict:
+def _meta(
+    request: EvalRequest, arch: str, dataset: Dataset, eps: float, start: int, processes: int
+) -> dict:
     return {
         "model": request.model_path.name,
         "arch": arch,
@@ -248,7 +275,8 @@ def _meta(request: EvalRequest, arch: str, dataset: Dataset, eps: float, start: 
         "start": start,
         "pgd_steps": request.pgd.steps,
         "pgd_restarts": request.pgd.restarts,
-        "device": describe_device(request.device),
+        "device": describe_device(request.device)
+        + (f" x{processes} processes" if processes > 1 else ""),
         "torch": torch.__version__,
         "certify": certify.__version__,
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),

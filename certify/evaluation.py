@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -61,6 +61,25 @@ class SampleOutcomes:
     def verified(self, method: BoundMethod) -> torch.Tensor:
         """A sample is verified only if every margin lower bound is positive."""
         return self.margin_lower[method] > 0
+
+    @staticmethod
+    def concatenate(parts: Sequence[SampleOutcomes]) -> SampleOutcomes:
+        """Outcomes of several slices of a data set, in data set order."""
+        indices = torch.cat([p.indices for p in parts])
+        order = indices.argsort()
+
+        def cat(values: list[torch.Tensor]) -> torch.Tensor:
+            return torch.cat(values)[order]
+
+        return SampleOutcomes(
+            indices=indices[order],
+            labels=cat([p.labels for p in parts]),
+            clean_pred=cat([p.clean_pred for p in parts]),
+            pgd_robust=cat([p.pgd_robust for p in parts]),
+            margin_lower={
+                m: cat([p.margin_lower[m] for p in parts]) for m in parts[0].margin_lower
+            },
+        )
 
     def verified_any(self) -> torch.Tensor:
         result = torch.zeros_like(self.pgd_robust)

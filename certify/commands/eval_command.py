@@ -35,7 +35,15 @@ _METHODS_HELP = "Comma-separated bound methods: ibp, crown-ibp, crown."
 @click.option("--pgd-steps", default=100, show_default=True, type=int)
 @click.option("--pgd-restarts", default=1, show_default=True, type=int)
 @click.option("--num-samples", type=int, help="Evaluate this many images (default: all).")
-@click.option("--start", default=0, show_default=True, type=int, help="Index of the first image.")
+@click.option(
+    "--start",
+    "--first-index",
+    "start",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Index of the first image (--first-index under torchrun, which claims --start).",
+)
 @click.option("--batch-size", default=256, show_default=True, type=int)
 @click.option("--crown-batch-size", default=32, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
@@ -50,6 +58,8 @@ def eval_command(model_path: str | None, **opts) -> None:
     request = EvalRequest.from_cli(model_path, **opts)
     with _progress_bar() as progress:
         result = run_evaluation(request, progress)
+    if result is None:  # a worker process of a torchrun evaluation: rank 0 reports
+        return
     if request.as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:

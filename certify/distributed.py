@@ -1,0 +1,85 @@
+"""Running one evaluation in several processes (``torchrun``) and merging the results.
+
+Each process evaluates a contiguous shard of the requested images; rank 0 gathers the
+per-sample outcomes, puts them back in data set order and writes the same reports a
+single process writes. Outcomes of one image do not depend on which process handled
+it (PGD starts are seeded per image), so the merged CSV equals a single-process one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from certify.errors import UsageError
+from certify.evaluation import SampleOutcomes
+
+
+@dataclass(frozen=True)
+class Shard:
+    rank: int
+    world_size: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def bounds(self, n: int) -> tuple[int, int]:
+        """``[start, stop)`` of this process's share of ``n`` items, in order."""
+        per, extra = divmod(n, self.world_size)
+        start = self.rank * per + min(self.rank, extra)
+        return start, start + per + (1 if self.rank < extra else 0)
+
+
+SINGLE = Shard(0, 1)
+
+
+def shard_from_environment(device: torch.device) -> Shard:
+    """Join the process group that ``torchrun`` describes in the environment, if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return SINGLE
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    return Shard(dist.get_rank(), dist.get_world_size())
+
+
+def device_for(shard: Shard, device: torch.device) -> torch.device:
+    """One GPU per process: ``cuda`` becomes ``cuda:LOCAL_RANK`` under torchrun."""
+    if device.type != "cuda" or shard.world_size == 1 or device.index is not None:
+        return device
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if local >= torch.cuda.device_count():
+        raise UsageError(
+            f"process {local} has no GPU of its own ({torch.cuda.device_count()} visible); "
+            "start at most one process per GPU"
+        )
+    return torch.device("cuda", local)
+
+
+def gather_outcomes(local: SampleOutcomes, shard: Shard) -> SampleOutcomes | None:
+    """Rank 0 gets every process's outcomes merged in index order; others get None."""
+    if shard.world_size == 1:
+        return local
+    parts: list[SampleOutcomes | None] = [None] * shard.world_size
+    dist.all_gather_object(parts, local)  # outcomes live on the CPU
+    return SampleOutcomes.concatenate(parts) if shard.is_main else None
+
+
+def merge_seconds(local: dict[str, float], shard: Shard) -> dict[str, float]:
+    """Wall time of each stage: the slowest process's."""
+    if shard.world_size == 1:
+        return local
+    parts: list[dict[str, float] | None] = [None] * shard.world_size
+    dist.all_gather_object(parts, local)
+    return {k: max(p[k] for p in parts if p) for k in local}
+
+
+def leave(shard: Shard) -> None:
+    """Leave the process group at the end of a run (torch warns about one left open)."""
+    if shard.world_size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
