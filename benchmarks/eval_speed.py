@@ -20,6 +20,7 @@ import torch
 
 from certify.bounds import BoundMethod, MarginBounder, parse_methods
 from certify.data import load_split
+from certify.datasets import get_spec
 from certify.devices import describe_device, resolve_device
 from certify.eval_run import EMBEDDED_MODEL
 from model_zoo import create_model
@@ -40,11 +41,13 @@ def _best_time(fn: Callable[[], None], repeats: int, device: torch.device) -> fl
     return min(times)
 
 
-def _model(args: argparse.Namespace, spec_shape: tuple[int, int, int]) -> torch.nn.Module:
+def _model(args: argparse.Namespace) -> torch.nn.Module:
+    """The bundled model, or a registered architecture with random weights (the cost of
+    a bound does not depend on the weights)."""
     if args.arch is None:
         return load_checkpoint(EMBEDDED_MODEL).model
-    c, h, _ = spec_shape
-    return create_model(args.arch, in_ch=c, in_dim=h, num_classes=10 if c else 10)
+    spec = get_spec(args.dataset)
+    return create_model(args.arch, spec.channels, spec.size, spec.num_classes)
 
 
 def main() -> None:
@@ -67,7 +70,7 @@ def main() -> None:
 
     device = resolve_device(args.device)
     data = load_split(args.dataset, args.data_dir, "test")
-    model = _model(args, tuple(data.images.shape[1:])).eval().to(device)
+    model = _model(args).eval().to(device)
     images, labels = data.images.to(device), data.labels.to(device)
     batches = [
         (images[i : i + args.batch_size], labels[i : i + args.batch_size])
