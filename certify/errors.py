@@ -29,3 +29,7 @@ class UsageError(CertifyError):
 class SoundnessError(CertifyError):
     """A consistency check of the results failed: a verified sample was attacked, or
     error rates are out of order. This is a bug, never a result to report."""
+
+
+class TrainingDivergedError(CertifyError):
+    """The loss or the gradients became NaN or infinite during training."""

@@ -18,6 +18,7 @@ from enum import StrEnum
 import torch
 from torch import Tensor, nn
 
+from certify.errors import TrainingDivergedError
 from training.bounders import CrownIBPBounder, IBPBounder
 from training.interval import IntervalNetwork
 from training.losses import (
@@ -119,14 +120,26 @@ def train_epoch(
             if len(yc) == 0:
                 continue
             loss = _chunk_loss(model, bounder, xc, yc, eps, regularize, config, meter)
+            _check_finite("the loss", loss, epoch, index)
             (loss * len(yc) / len(y)).backward()
             loss_sum += loss.item() * len(yc)
-        torch.nn.utils.clip_grad_norm_(params, max_norm=config.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm=config.grad_clip)
+        _check_finite("the gradient norm", norm, epoch, index)
         optimizer.step()
         if on_batch is not None:
             on_batch(BatchProgress(epoch, index + 1, schedule.epoch_length, eps, loss_sum / len(y)))
     bounder.sync()
     return EpochStats(epoch, eps, meter, time.perf_counter() - start)
+
+
+def _check_finite(what: str, value: Tensor, epoch: int, index: int) -> None:
+    """Stop before a NaN or inf reaches the weights; the checkpoints on disk are those
+    of the last complete epoch, which stays the last good one."""
+    if not torch.isfinite(value).all():
+        raise TrainingDivergedError(
+            f"training diverged: {what} is {value.item()} at epoch {epoch}, batch {index + 1}; "
+            "last.pth holds the last complete epoch: lower --lr or --eps and --resume"
+        )
 
 
 def _chunk_loss(
