@@ -111,18 +111,24 @@ def evaluate(
     model = model.eval().to(device)
     seconds = {"clean": 0.0, "pgd": 0.0} | {m.value: 0.0 for m in config.methods}
     preds, robust = [], []
-    for start in range(0, len(images), config.batch_size):
-        x = images[start : start + config.batch_size].to(device)
-        y = labels[start : start + config.batch_size].to(device)
+
+    def clean_and_pgd(start: int, stop: int) -> None:
+        x, y = images[start:stop].to(device), labels[start:stop].to(device)
         t0 = time.perf_counter()
         with torch.no_grad():
-            preds.append(model(x).argmax(dim=1).cpu())
-        seconds["clean"] += _sync_elapsed(t0, device)
+            pred = model(x).argmax(dim=1).cpu()
+        t1 = _sync_elapsed(t0, device)
+        index = torch.arange(first_index + start, first_index + stop)
         t0 = time.perf_counter()
-        index = torch.arange(first_index + start, first_index + start + len(x))
-        robust.append(pgd_attack(model, x, y, config.eps, config.pgd, config.seed, index)[0].cpu())
+        attacked = pgd_attack(model, x, y, config.eps, config.pgd, config.seed, index)[0].cpu()
+        # Only a chunk that completes counts: one that ran out of memory is redone.
+        seconds["clean"] += t1
         seconds["pgd"] += _sync_elapsed(t0, device)
-        _report(progress, "clean+pgd", len(x), len(images))
+        preds.append(pred)
+        robust.append(attacked)
+        _report(progress, "clean+pgd", stop - start, len(images))
+
+    _in_chunks(len(images), config.batch_size, "clean+pgd", clean_and_pgd)
     outcomes = SampleOutcomes(
         indices=torch.arange(first_index, first_index + len(images)),
         labels=labels.cpu(),
@@ -152,24 +158,32 @@ def _bound_all(
     chunk = config.crown_batch_size if method is BoundMethod.CROWN else config.batch_size
     stage = f"{method.value} (chunks of {chunk})"
     results = []
+
+    def bound(start: int, stop: int) -> None:
+        lower = bounder.lower_bounds(images[start:stop], labels[start:stop], config.eps, method)
+        results.append(lower.min(dim=1).values.cpu())
+        _report(progress, stage, stop - start, len(images))
+
+    _in_chunks(len(images), chunk, method.value, bound)
+    return torch.cat(results)
+
+
+def _in_chunks(total: int, chunk: int, what: str, step: Callable[[int, int], None]) -> None:
+    """Call ``step(start, stop)`` over ``[0, total)``; on running out of GPU memory, halve
+    the chunk, say so, and redo the chunk that failed."""
     start = 0
-    while start < len(images):
-        x, y = images[start : start + chunk], labels[start : start + chunk]
+    while start < total:
+        stop = min(start + chunk, total)
         try:
-            lower = bounder.lower_bounds(x, y, config.eps, method)
+            step(start, stop)
         except torch.OutOfMemoryError:
             if chunk == 1:
                 raise
             chunk = max(1, chunk // 2)
-            log.warning(
-                "%s ran out of GPU memory; bounding %d images at a time", method.value, chunk
-            )
+            log.warning("%s ran out of GPU memory; going on with %d images at a time", what, chunk)
             torch.cuda.empty_cache()
             continue
-        results.append(lower.min(dim=1).values.cpu())
-        start += len(x)
-        _report(progress, stage, len(x), len(images))
-    return torch.cat(results)
+        start = stop
 
 
 def _report(progress: ProgressFn | None, stage: str, done: int, total: int) -> None:

@@ -34,7 +34,29 @@ def test_out_of_memory_halves_the_chunk_and_gives_the_same_bounds(monkeypatch, c
         outcomes, _ = evaluate(model, images, labels, config, device)
     assert sizes[:3] == [8, 4, 2]
     assert all(n <= 2 for n in sizes[2:])
-    assert "bounding 4 images at a time" in caplog.text
+    assert "crown ran out of GPU memory; going on with 4 images at a time" in caplog.text
     torch.testing.assert_close(
         outcomes.margin_lower[BoundMethod.CROWN], reference.margin_lower[BoundMethod.CROWN]
     )
+
+
+def test_out_of_memory_in_pgd_halves_the_batch_with_the_same_outcomes(monkeypatch) -> None:
+    import certify.evaluation as evaluation
+
+    model = create_model("cnn_4layer", 1, 28, 10).eval()
+    images = torch.rand(10, 1, 28, 28)
+    labels = torch.randint(0, 10, (10,))
+    config = EvalConfig(eps=0.05, methods=(), batch_size=8)
+    reference, _ = evaluate(model, images, labels, config, torch.device("cpu"))
+    real = evaluation.pgd_attack
+
+    def limited(model, x, *args):
+        if len(x) > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, x, *args)
+
+    monkeypatch.setattr(evaluation, "pgd_attack", limited)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    outcomes, _ = evaluate(model, images, labels, config, torch.device("cpu"))
+    assert torch.equal(outcomes.pgd_robust, reference.pgd_robust)
+    assert torch.equal(outcomes.clean_pred, reference.clean_pred)
