@@ -310,3 +310,85 @@ def test_schedules_equal_auto_lirpa(kind: ScheduleKind) -> None:
         for batch in range(7):
             reference.step_batch()
             assert mine.eps(epoch, batch) == pytest.approx(reference.get_eps(), abs=1e-12)
+
+
+# --- hand-written backward of the interval pass --------------------------------------
+
+
+def _reference_relu(center: torch.Tensor, radius: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    lower, upper = torch.relu(center - radius), torch.relu(center + radius)
+    new_center = torch.lerp(lower, upper, 0.5)
+    return new_center, new_center - lower
+
+
+def _reference_batch_norm(x, center, radius, weight, bias, eps):  # type: ignore[no-untyped-def]
+    dims = [0, *range(2, x.ndim)]
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    mean = x.mean(dims)
+    var = ((x * x).mean(dims) - mean * mean).clamp(min=0.0)
+    scale = torch.rsqrt(var + eps) * (weight if weight is not None else 1.0)
+    shift = -mean * scale + (bias if bias is not None else 0.0)
+    s, t = scale.view(shape), shift.view(shape)
+    return x * s + t, center * s + t, radius * s.abs()
+
+
+def test_interval_relu_gradient_matches_autograd() -> None:
+    from training.interval import _IntervalReLU
+
+    torch.manual_seed(0)
+    center = torch.randn(16, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    radius = torch.rand(16, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    new_center, new_radius, lower, upper, active, inactive = _IntervalReLU.apply(center, radius)
+    ref_center, ref_radius = _reference_relu(center, radius)
+    assert torch.equal(new_center, ref_center) and torch.equal(new_radius, ref_radius)
+    assert torch.equal(active, (lower > 0).double()) and torch.equal(inactive, (upper < 0).double())
+    g_c, g_r = torch.randn_like(center), torch.randn_like(center)
+    mine = torch.autograd.grad((new_center * g_c + new_radius * g_r).sum(), (center, radius))
+    ref = torch.autograd.grad((ref_center * g_c + ref_radius * g_r).sum(), (center, radius))
+    for a, b in zip(mine, ref, strict=True):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+    # Only one output used (the other's gradient is None).
+    (g,) = torch.autograd.grad(_IntervalReLU.apply(center, radius)[1].sum(), (radius,))
+    (g_ref,) = torch.autograd.grad(_reference_relu(center, radius)[1].sum(), (radius,))
+    assert torch.allclose(g, g_ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("shape", [(12, 4, 3, 3), (12, 5)])
+def test_interval_batch_norm_gradient_matches_autograd(affine: bool, shape: tuple) -> None:
+    from training.interval import _IntervalBatchNorm
+
+    torch.manual_seed(1)
+
+    def leaf(t: torch.Tensor) -> torch.Tensor:
+        return t.double().requires_grad_()
+
+    x, center, radius = (
+        leaf(torch.randn(shape) * 2 + 1),
+        leaf(torch.randn(shape)),
+        leaf(torch.rand(shape)),
+    )
+    weight = leaf(torch.randn(shape[1])) if affine else None
+    bias = leaf(torch.randn(shape[1])) if affine else None
+    inputs = [t for t in (x, center, radius, weight, bias) if t is not None]
+    mine = _IntervalBatchNorm.apply(x, center, radius, weight, bias, 1e-5)[:3]
+    ref = _reference_batch_norm(x, center, radius, weight, bias, 1e-5)
+    grads = [torch.randn_like(t) for t in ref]
+    for a, b in zip(mine, ref, strict=True):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+
+    def loss(outputs: tuple) -> torch.Tensor:
+        return sum((a * g).sum() for a, g in zip(outputs, grads, strict=True))
+
+    mine_g = torch.autograd.grad(loss(mine), inputs)
+    ref_g = torch.autograd.grad(loss(ref), inputs)
+    for a, b in zip(mine_g, ref_g, strict=True):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-10)
+    # Gradient through the radius alone (the clean output unused, as in a robust loss).
+    (g,) = torch.autograd.grad(
+        _IntervalBatchNorm.apply(x, center, radius, weight, bias, 1e-5)[2].sum(), (x,)
+    )
+    (g_ref,) = torch.autograd.grad(
+        _reference_batch_norm(x, center, radius, weight, bias, 1e-5)[2].sum(), (x,)
+    )
+    assert torch.allclose(g, g_ref, rtol=1e-9, atol=1e-10)

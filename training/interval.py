@@ -5,7 +5,9 @@ L_inf ball (clipped to the pixel box [0, 1]) through the network. Carrying the c
 values along gives the clean logits in the same pass, and lets BatchNorm in train mode
 normalize the interval with the statistics of the clean batch, as auto_LiRPA does in
 training. Intervals travel as centre and radius: affine layers map them as
-``W c + b`` and ``|W| r``; ReLU maps the two ends.
+``W c + b`` and ``|W| r``; ReLU maps the two ends. ReLU and train-mode BatchNorm of an
+interval are autograd functions with hand-written backward passes (the same derivative
+in fewer passes over the activations; tests check them against autograd).
 
 When a margin specification ``C`` is given and the network ends in a Linear layer, C
 is folded into that layer's weights before bounding (as auto_LiRPA does), which gives
@@ -232,12 +234,10 @@ class _Run:
         raise ModelError(f"unsupported graph node {node.op} {node.target}")
 
     def _relu(self, v: Bounds) -> Bounds:
-        lower, upper = v.lower, v.upper
-        self.pre_relu.append(PreActivation(lower, upper, v.center, v.radius))
-        lower, upper = torch.relu(lower), torch.relu(upper)
-        # lerp and one subtraction give centre and radius in two passes instead of four.
-        center = torch.lerp(lower, upper, 0.5)
-        return Bounds(torch.relu(v.x), center, center - lower)
+        center, radius, lower, upper, active, inactive = _IntervalReLU.apply(v.center, v.radius)
+        masks = (active.flatten(), inactive.flatten())
+        self.pre_relu.append(PreActivation(lower, upper, v.center, v.radius, masks))
+        return Bounds(torch.relu(v.x), center, radius)
 
     def _module(self, module: nn.Module, v: Any) -> Any:
         if not isinstance(v, Bounds):
@@ -353,38 +353,26 @@ def _normalize(module: Normalize, v: Bounds) -> Bounds:
 
 def _batch_norm(module: nn.modules.batchnorm._BatchNorm, v: Bounds) -> Bounds:
     x = v.x
+    shape = (1, -1) + (1,) * (x.ndim - 2)
     if module.training or module.running_mean is None:
-        mean, var = _batch_stats(x)
+        x, center, radius, mean, var = _IntervalBatchNorm.apply(
+            x, v.center, v.radius, module.weight, module.bias, module.eps
+        )
         if module.training and module.track_running_stats:
             _update_running_stats(module, mean, var, x.numel() // mean.numel())
-    else:
-        mean, var = module.running_mean, module.running_var
-    scale = torch.rsqrt(var + module.eps)
+        return Bounds(x, center, radius)
+    scale = torch.rsqrt(module.running_var + module.eps)
     if module.weight is not None:
         scale = scale * module.weight
-    shift = -mean * scale
+    shift = -module.running_mean * scale
     if module.bias is not None:
         shift = shift + module.bias
-    shape = (1, -1) + (1,) * (x.ndim - 2)
     scale, shift = scale.view(shape), shift.view(shape)
     return Bounds(
         torch.addcmul(shift, x, scale),
         torch.addcmul(shift, v.center, scale),
         v.radius * scale.abs(),
     )
-
-
-def _batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and biased variance per channel (dimension 1), differentiable.
-
-    E[x^2] - E[x]^2 costs two fast reductions where ``Tensor.var`` over the batch and
-    spatial dimensions is several times slower on CPU; pre-BatchNorm activations have
-    means of the order of their spread, so float32 loses nothing that matters here.
-    """
-    dims = [0, *range(2, x.ndim)]
-    mean = x.mean(dims)
-    var = (x * x).mean(dims) - mean * mean
-    return mean, var.clamp(min=0.0)
 
 
 @torch.no_grad()
@@ -436,3 +424,129 @@ def _cat(args: tuple, kwargs: dict) -> Bounds:
         torch.cat([p.center for p in parts], dim),
         torch.cat([p.radius for p in parts], dim),
     )
+
+
+class _IntervalReLU(torch.autograd.Function):
+    """ReLU of an interval given as centre and radius, with a hand-written backward.
+
+    Forward: l = c - r, u = c + r, and the centre and radius of [relu(l), relu(u)];
+    l, u and the float masks of active (l > 0) and inactive (u < 0) neurons come back
+    too (not differentiable), for the regularizers and statistics. Backward is the
+    derivative of exactly that composition: relu(u) receives (g_c + g_r) / 2 and relu(l)
+    receives (g_c - g_r) / 2, so an active neuron passes g_c and g_r through, an unstable
+    one (l <= 0 < u) gives (g_c + g_r) / 2 to both and a dead one (u <= 0) gives nothing.
+
+    The masks are made with ``sign`` of the clipped bounds and applied by multiplying:
+    on CPU a comparison costs several float passes and ``torch.where`` dozens.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, center: Tensor, radius: Tensor) -> tuple[Tensor, ...]:
+        lower = center - radius
+        upper = center + radius
+        relu_lower, relu_upper = torch.relu(lower), torch.relu(upper)
+        new_center = torch.lerp(relu_lower, relu_upper, 0.5)
+        new_radius = new_center - relu_lower
+        active = torch.sign(relu_lower)  # 1 where l > 0, else 0
+        # (g_c + g_r) / 2 reaches both inputs of an unstable neuron: 1/2 where l <= 0 < u.
+        half_unstable = torch.sign(relu_upper).sub_(active).mul_(0.5)
+        inactive = torch.sign(upper).neg_().relu_()  # 1 where u < 0, else 0
+        ctx.save_for_backward(active, half_unstable)
+        ctx.mark_non_differentiable(lower, upper, active, inactive)
+        return new_center, new_radius, lower, upper, active, inactive
+
+    @staticmethod
+    def backward(ctx: Any, g_center: Tensor | None, g_radius: Tensor | None, *_: Any):
+        active, half_unstable = ctx.saved_tensors
+        if g_center is None and g_radius is None:
+            return None, None
+        if g_center is None:
+            g_center = torch.zeros_like(g_radius)
+        if g_radius is None:
+            g_radius = torch.zeros_like(g_center)
+        unstable = (g_center + g_radius).mul_(half_unstable)
+        return (
+            torch.addcmul(unstable, g_center, active),
+            torch.addcmul(unstable, g_radius, active),
+        )
+
+
+class _IntervalBatchNorm(torch.autograd.Function):
+    """BatchNorm in train mode applied to the clean values and to an interval at once.
+
+    The statistics are the clean batch's (mean and biased variance per channel,
+    differentiable, as in auto_LiRPA): scale = w / sqrt(var + eps), shift = b - mean *
+    scale; x and the centre map to x * scale + shift, the radius to r * |scale|. The
+    backward is the derivative of exactly this, written out per channel so that it
+    needs a dozen passes over the activations where autograd needs about twice as many.
+    Also returns the (detached) mean and variance for the running statistics.
+
+    The variance is E[x^2] - E[x]^2: two fast reductions where ``Tensor.var`` over the
+    batch and spatial dimensions is several times slower on CPU; pre-BatchNorm
+    activations have means of the order of their spread, so float32 loses nothing that
+    matters here.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, center: Tensor, radius: Tensor, weight: Tensor | None,
+                bias: Tensor | None, eps: float) -> tuple[Tensor, ...]:  # fmt: skip
+        dims = [0, *range(2, x.ndim)]
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        mean = x.mean(dims)
+        raw_var = (x * x).mean(dims) - mean * mean
+        var = raw_var.clamp(min=0.0)
+        invstd = torch.rsqrt(var + eps)
+        scale = invstd * weight if weight is not None else invstd
+        shift = -mean * scale
+        if bias is not None:
+            shift = shift + bias
+        s, t = scale.view(shape), shift.view(shape)
+        x_out = torch.addcmul(t, x, s)
+        center_out = torch.addcmul(t, center, s)
+        radius_out = radius * s.abs()
+        var_on = torch.sign(raw_var.sign().add_(1.0))  # 1 where the variance was not clamped
+        ctx.save_for_backward(x, center, radius, mean, invstd, weight, scale, var_on)
+        ctx.mark_non_differentiable(mean, var)
+        return x_out, center_out, radius_out, mean, var
+
+    @staticmethod
+    def backward(ctx: Any, g_x: Tensor | None, g_center: Tensor | None,
+                 g_radius: Tensor | None, *_: Any):  # fmt: skip
+        x, center, radius, mean, invstd, weight, scale, var_on = ctx.saved_tensors
+        dims = [0, *range(2, x.ndim)]
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        s = scale.view(shape)
+        zero = torch.zeros_like(scale)
+        g_scale, g_shift = zero, zero
+        if g_x is not None:
+            g_scale = g_scale + (g_x * x).sum(dims)
+            g_shift = g_shift + g_x.sum(dims)
+        if g_center is not None:
+            g_scale = g_scale + (g_center * center).sum(dims)
+            g_shift = g_shift + g_center.sum(dims)
+        if g_radius is not None:
+            g_scale = g_scale + (g_radius * radius).sum(dims) * scale.sign()
+        # shift = bias - mean * scale; scale = weight * invstd
+        g_scale = g_scale - g_shift * mean
+        g_mean = -g_shift * scale
+        g_weight = g_scale * invstd if weight is not None else None
+        g_invstd = g_scale * weight if weight is not None else g_scale
+        # invstd = (var + eps)^(-1/2); var = E[x^2] - mean^2 (clamped at 0); mean = E[x]
+        g_var = g_invstd * (-0.5) * invstd.pow(3) * var_on
+        count = x.numel() // mean.numel()
+        g_mean = g_mean - 2.0 * mean * g_var
+        g_x_in = g_center_in = g_radius_in = None
+        if ctx.needs_input_grad[0]:
+            g_x_in = torch.addcmul(
+                (g_mean / count).view(shape), x, (2.0 * g_var / count).view(shape)
+            )
+            if g_x is not None:
+                g_x_in.addcmul_(g_x, s)
+        if g_center is not None and ctx.needs_input_grad[1]:
+            g_center_in = g_center * s
+        if g_radius is not None and ctx.needs_input_grad[2]:
+            g_radius_in = g_radius * s.abs()
+        g_bias = g_shift if ctx.needs_input_grad[4] else None
+        if not ctx.needs_input_grad[3]:
+            g_weight = None
+        return g_x_in, g_center_in, g_radius_in, g_weight, g_bias, None
