@@ -28,16 +28,6 @@ SEED_ARCHS = {
 Shapes = dict[str, tuple[int, ...]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The tensors here are small: on a busy 2-core machine extra torch threads only
-    # contend (tests ran 4x slower with them).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def conv(name: str, out: int, inp: int, k: int) -> Shapes:
     return {f"{name}.weight": (out, inp, k, k), f"{name}.bias": (out,)}
 

@@ -40,16 +40,6 @@ SMALL_OPTIONS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The tensors here are small: on a busy 2-core machine extra torch threads only
-    # contend (tests ran 4x slower with them).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def trained(name: str, size: str, **options) -> nn.Module:
     """A model with non-default BatchNorm statistics, so a lost buffer shows in outputs."""
     model = create_model(name, *SIZES[size], **options)

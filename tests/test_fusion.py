@@ -15,7 +15,6 @@ def _bn_count(model: nn.Module) -> int:
 
 @pytest.mark.parametrize("name", list_models())
 def test_folded_model_computes_the_same_function(name: str) -> None:
-    torch.set_num_threads(1)
     model = NormalizedModel(create_model(name, 3, 32, 10), [0.5] * 3, [0.2] * 3)
     model.train()
     with torch.no_grad():
