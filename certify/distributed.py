@@ -22,6 +22,9 @@ from certify.evaluation import SampleOutcomes
 class Shard:
     rank: int
     world_size: int
+    # Whether this shard's run joined the process group itself (and so must leave it),
+    # rather than running inside one that a caller, e.g. training, already holds.
+    owns_group: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -42,10 +45,10 @@ def shard_from_environment(device: torch.device) -> Shard:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return SINGLE
-    if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
-    return Shard(dist.get_rank(), dist.get_world_size())
+    if dist.is_initialized():
+        return Shard(dist.get_rank(), dist.get_world_size())
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Shard(dist.get_rank(), dist.get_world_size(), owns_group=True)
 
 
 def device_for(shard: Shard, device: torch.device) -> torch.device:
@@ -80,6 +83,6 @@ def merge_seconds(local: dict[str, float], shard: Shard) -> dict[str, float]:
 
 
 def leave(shard: Shard) -> None:
-    """Leave the process group at the end of a run (torch warns about one left open)."""
-    if shard.world_size > 1 and dist.is_initialized():
+    """Leave a process group this run joined (torch warns about one left open)."""
+    if shard.owns_group and dist.is_initialized():
         dist.destroy_process_group()
