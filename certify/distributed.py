@@ -61,6 +61,8 @@ def device_for(shard: Shard, device: torch.device) -> torch.device:
             f"process {local} has no GPU of its own ({torch.cuda.device_count()} visible); "
             "start at most one process per GPU"
         )
+    # The current device too: NCCL's object collectives (all_gather_object) use it.
+    torch.cuda.set_device(local)
     return torch.device("cuda", local)
 
 

@@ -6,6 +6,11 @@ the warmup of the ``fast`` method (epochs up to the end of the eps ramp) the two
 regularizers are added with weight lambda * (1 - eps_t / eps_max); at eps_t = 0 their
 bounds are taken at a tiny eps (1e-6), as in the seed. Gradients are accumulated over
 ``grad_acc_steps`` chunks of each batch, their norm clipped, then Adam steps.
+
+Under ``torchrun`` every process draws the same global batch, bounds its own contiguous
+shard of it (in ``grad_acc_steps`` chunks) and the gradients are summed over processes,
+each chunk weighted by its share of the global batch: the same gradient as one process
+with ``grad_acc_steps`` = processes x chunks (BatchNorm statistics are per chunk in both).
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
+from certify.distributed import SINGLE, Shard
 from certify.errors import TrainingDivergedError
 from training.bounders import CrownIBPBounder, IBPBounder
 from training.interval import IntervalNetwork
@@ -98,8 +105,10 @@ def train_epoch(
     config: StepConfig,
     device: torch.device,
     on_batch: BatchCallback | None = None,
+    shard: Shard = SINGLE,
 ) -> EpochStats:
-    """Train for one epoch; returns averages of losses, errors and ReLU states."""
+    """Train for one epoch; returns averages of losses, errors and ReLU states (over the
+    global batches when ``shard`` is one of several processes)."""
     start = time.perf_counter()
     bounder.train(True)
     meter = Meter()
@@ -109,7 +118,9 @@ def train_epoch(
     for index, (x, y) in enumerate(batches):
         eps = schedule.eps(epoch, index)
         optimizer.zero_grad(set_to_none=True)
-        x, y = x.to(device), y.to(device)
+        total = len(y)
+        lo, hi = shard.bounds(total)
+        x, y = x[lo:hi].to(device), y[lo:hi].to(device)
         chunks = zip(
             x.tensor_split(config.grad_acc_steps),
             y.tensor_split(config.grad_acc_steps),
@@ -120,16 +131,50 @@ def train_epoch(
             if len(yc) == 0:
                 continue
             loss = _chunk_loss(model, bounder, xc, yc, eps, regularize, config, meter)
-            _check_finite("the loss", loss, epoch, index)
-            (loss * len(yc) / len(y)).backward()
+            if shard.world_size == 1:
+                _check_finite("the loss", loss, epoch, index)
+            (loss * len(yc) / total).backward()
             loss_sum += loss.item() * len(yc)
+        if shard.world_size > 1:
+            loss_sum = _all_reduce_gradients(params, loss_sum)
+            # Checked after the sum, so that every process stops at the same batch.
+            _check_finite("the loss", torch.tensor(loss_sum), epoch, index)
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm=config.grad_clip)
         _check_finite("the gradient norm", norm, epoch, index)
         optimizer.step()
         if on_batch is not None:
-            on_batch(BatchProgress(epoch, index + 1, schedule.epoch_length, eps, loss_sum / len(y)))
+            on_batch(BatchProgress(epoch, index + 1, schedule.epoch_length, eps, loss_sum / total))
     bounder.sync()
+    if shard.world_size > 1:
+        meter = _merge_meters(meter, shard)
     return EpochStats(epoch, eps, meter, time.perf_counter() - start)
+
+
+def _all_reduce_gradients(params: list[nn.Parameter], loss_sum: float) -> float:
+    """Sum the gradients (and the summed loss) over all processes, in one flat buffer."""
+    for p in params:
+        if p.grad is None:  # e.g. a process whose shard of a short last batch is empty
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads] + [grads[0].new_tensor([loss_sum])])
+    dist.all_reduce(flat)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+    return float(flat[-1])
+
+
+def _merge_meters(meter: Meter, shard: Shard) -> Meter:
+    parts: list[Meter | None] = [None] * shard.world_size
+    dist.all_gather_object(parts, meter)
+    merged = Meter()
+    for part in parts:
+        assert part is not None
+        for name, value in part.sums.items():
+            merged.sums[name] = merged.sums.get(name, 0.0) + value
+            merged.counts[name] = merged.counts.get(name, 0) + part.counts[name]
+    return merged
 
 
 def _check_finite(what: str, value: Tensor, epoch: int, index: int) -> None:

@@ -7,6 +7,10 @@ to resume from), ``best.pth`` (the epoch with the lowest IBP-verified error at e
 on the validation split, among epochs trained at eps_max), ``train_log.csv`` and, after
 the final evaluation of ``best.pth`` on the test set with ``certify eval``'s pipeline,
 the appended results CSV.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) every process joins the process group and trains
+its shard of each global batch (see :mod:`training.loop`); rank 0 alone validates, writes
+the checkpoints, the log and the final evaluation, and reports through the callbacks.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from certify.datasets import get_spec
 from certify.devices import resolve_device
+from certify.distributed import SINGLE, Shard, device_for, leave, shard_from_environment
 from certify.errors import CheckpointError, UsageError
 from certify.evaluation import ProgressFn
 from model_zoo import create_model
@@ -83,6 +89,7 @@ class TrainResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     evaluation: Any = None  # certify.eval_run.EvalResult when the final evaluation ran
     seconds: float = 0.0
+    is_main: bool = True  # False in the processes of rank > 0 under torchrun
 
 
 def lr_at(config: TrainConfig, epoch: int) -> float:
@@ -106,33 +113,50 @@ def train(config: TrainConfig, callbacks: TrainCallbacks | None = None) -> Train
     threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
+    shard = SINGLE
     try:
-        return _train(config, callbacks)
+        device = resolve_device(config.device)
+        shard = shard_from_environment(device)
+        return _train(config, callbacks, device_for(shard, device), shard)
     finally:
+        leave(shard)
         torch.set_num_threads(threads)
 
 
-def _train(config: TrainConfig, callbacks: TrainCallbacks | None) -> TrainResult:
-    callbacks = callbacks or TrainCallbacks()
+def _train(
+    config: TrainConfig, callbacks: TrainCallbacks | None, device: torch.device, shard: Shard
+) -> TrainResult:
+    callbacks = callbacks if callbacks is not None and shard.is_main else TrainCallbacks()
     started = time.perf_counter()
-    device = resolve_device(config.device)
     out_dir = _check_out_dir(config)
+    if config.batch_size < 2 * shard.world_size:
+        raise UsageError(
+            f"--batch-size {config.batch_size} is the global batch of {shard.world_size} "
+            f"processes: give at least {2 * shard.world_size} (2 images per process)"
+        )
     train_split, val_split = _load_data(config)
     # Created only now, so that bad options or data leave nothing behind.
-    _make_dir(out_dir)
-    eval_request = _eval_request(config, out_dir, device) if config.final_eval else None
+    if shard.is_main:
+        _make_dir(out_dir)
+    eval_request = None
+    if config.final_eval:
+        # Every process takes its shard of the final evaluation; rank 0 checks the outputs.
+        eval_request = _eval_request(config, out_dir, device, check=shard.is_main)
     start = _start(config, out_dir, device)
-    runner = _EpochRunner(config, start, device, train_split)
+    runner = _EpochRunner(config, start, device, train_split, shard)
     if callbacks.on_start:
         callbacks.on_start(
             RunInfo(len(train_split), len(val_split), start.first_epoch, config.epochs,
-                    runner.schedule.epoch_length, str(device), start.resumed, start.init)
+                    runner.schedule.epoch_length, _device_name(device, shard), start.resumed,
+                    start.init)
         )  # fmt: skip
     log_path = out_dir / LOG_NAME
     rows = rows_up_to(read_log(log_path), start.first_epoch - 1)
     best = start.best
     for epoch in range(start.first_epoch, config.epochs + 1):
         stats = runner.run(epoch, callbacks.on_batch)
+        if not shard.is_main:
+            continue  # the next epoch's first gradient sum waits for rank 0
         val = runner.validate(val_split)
         is_best = _is_candidate(runner.schedule, epoch, config) and (
             val is None or best.improved_by(val.verified_err, val.clean_err)
@@ -146,14 +170,26 @@ def _train(config: TrainConfig, callbacks: TrainCallbacks | None) -> TrainResult
         _save(config, out_dir, start.model, epoch, runner.state(epoch, best), is_best)
         if callbacks.on_epoch:
             callbacks.on_epoch(rows[-1])
-    best = _ensure_best(config, out_dir, best)
+    if shard.is_main:
+        best = _ensure_best(config, out_dir, best)
     result = TrainResult(out_dir, out_dir / LAST, out_dir / BEST, log_path, best, rows)
+    result.is_main = shard.is_main
+    if shard.world_size > 1:
+        # Rank 0 has written best.pth; a process that left the group early could abort
+        # at exit ("terminate called without an active exception").
+        dist.barrier()
     if eval_request is not None:
         from certify.eval_run import run_evaluation
 
         result.evaluation = run_evaluation(eval_request, callbacks.on_eval)
+        if shard.world_size > 1:
+            dist.barrier()  # all leave the group together, once rank 0 has written
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _device_name(device: torch.device, shard: Shard) -> str:
+    return str(device) if shard.world_size == 1 else f"{device} x{shard.world_size} processes"
 
 
 @dataclass
@@ -186,9 +222,15 @@ class _EpochRunner:
     """The pieces one epoch needs, built once per run."""
 
     def __init__(
-        self, config: TrainConfig, start: _Start, device: torch.device, train_split: Split
+        self,
+        config: TrainConfig,
+        start: _Start,
+        device: torch.device,
+        train_split: Split,
+        shard: Shard = SINGLE,
     ) -> None:
         self.config, self.device, self.train_split = config, device, train_split
+        self.shard = shard
         model = self.model = start.model
         self.optimizer, self.generator = start.optimizer, start.generator
         self.schedule = _schedule(config, len(train_split))
@@ -217,7 +259,7 @@ class _EpochRunner:
         data = batches(self.train_split, self.config.batch_size, self.generator, self.augment)
         return train_epoch(
             self.model, self.bounder, self.optimizer, data, self.schedule, epoch, self.step,
-            self.device, on_batch,
+            self.device, on_batch, self.shard,
         )  # fmt: skip
 
     def validate(self, split: Split) -> SplitStats | None:
@@ -388,7 +430,7 @@ def _row(
     }
 
 
-def _eval_request(config: TrainConfig, out_dir: Path, device: torch.device):
+def _eval_request(config: TrainConfig, out_dir: Path, device: torch.device, check: bool = True):
     """The ``certify eval`` request for the final report, checked before training."""
     from certify.attack import PGDConfig
     from certify.bounds import parse_methods
@@ -407,5 +449,6 @@ def _eval_request(config: TrainConfig, out_dir: Path, device: torch.device):
         batch_size=config.eval_batch_size,
         out=Path(config.results_csv) if config.results_csv else out_dir / "results.csv",
     )
-    request.check_outputs()
+    if check:
+        request.check_outputs()
     return request

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,7 +47,15 @@ def _methods(ctx: click.Context, param: click.Parameter, value: str | None):
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
-@click.command("train")
+class _TrainCommand(click.Command):
+    """Keeps the raw arguments, for ``--nproc`` to start itself again under torchrun."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["certify.train.args"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+@click.command("train", cls=_TrainCommand)
 @click.option(
     "--preset",
     type=click.Choice(["mnist", "cifar", "tinyimagenet"]),
@@ -109,8 +120,18 @@ def _methods(ctx: click.Context, param: click.Parameter, value: str | None):
     type=click.Path(dir_okay=False),
     help="Append the final evaluation row here (default: OUT_DIR/results.csv).",
 )
-def train_command(preset: str | None, **options: Any) -> None:
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    help="Start this many processes with torch.distributed.run (torchrun --nproc-per-node).",
+)
+@click.pass_context
+def train_command(
+    ctx: click.Context, preset: str | None, nproc: int | None, **options: Any
+) -> None:
     """Train a certifiably robust classifier with IBP and a short warmup."""  # fmt: skip
+    if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
+        ctx.exit(_relaunch(ctx, nproc))
     from training.presets import resolve_config
     from training.run import train
 
@@ -118,6 +139,8 @@ def train_command(preset: str | None, **options: Any) -> None:
     console = Console(stderr=True)
     with _progress(console) as callbacks:
         result = train(config, callbacks)
+    if not result.is_main:
+        return  # rank > 0 under torchrun: rank 0 reports
     b = result.best
     console.print(
         f"best epoch {b.epoch}: validation IBP-verified error {b.val_verified_err:.4f}, "
@@ -128,6 +151,27 @@ def train_command(preset: str | None, **options: Any) -> None:
         for path in result.evaluation.written:
             click.echo(f"wrote {path}", err=True)
     click.echo(f"wrote {result.best_path}, {result.last_path}, {result.log_path}", err=True)
+
+
+def _relaunch(ctx: click.Context, nproc: int) -> int:
+    """Run this command again in ``nproc`` processes under torch.distributed.run."""
+    args = _without_nproc(ctx.meta["certify.train.args"])
+    verbose = (ctx.parent.params.get("verbose") or 0) if ctx.parent else 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd += [f"--nproc-per-node={nproc}", "-m", "certify", *["-v"] * verbose, "train", *args]
+    return subprocess.run(cmd, check=False).returncode
+
+
+def _without_nproc(args: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
 
 
 @click.command("export")
