@@ -4,15 +4,12 @@ writes the same per-sample CSV a single process writes."""
 from __future__ import annotations
 
 import csv
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 
 from certify.distributed import Shard
 from certify.eval_run import EMBEDDED_MODEL
+from tests.launch import run_certify
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 10])
@@ -25,26 +22,13 @@ def test_shards_cover_every_item_once_in_order(n: int, world: int) -> None:
     assert max(sizes) - min(sizes) <= 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _eval(tmp_path, name: str, processes: int, shared_data) -> list[dict[str, str]]:
     # torchrun would take --start for its own --start-method: --first-index is its alias.
     args = [str(EMBEDDED_MODEL), "--data-dir", str(shared_data), "--first-index", "100"]
     args += ["--num-samples", "45", "--methods", "ibp,crown-ibp", "--pgd-steps", "10"]
     args += ["--batch-size", "16", "--per-sample", str(tmp_path / f"{name}.csv")]
     args += ["--out", str(tmp_path / f"{name}_summary.csv")]
-    if processes == 1:
-        cmd = [sys.executable, "-m", "certify", "eval", *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={processes}"]
-        cmd += [f"--master-port={_free_port()}", "-m", "certify", "eval", *args]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_certify(["eval", *args], processes)
     with open(tmp_path / f"{name}.csv") as f:
         return list(csv.DictReader(f))
 

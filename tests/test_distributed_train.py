@@ -6,22 +6,13 @@ and the final evaluation is sharded as ``certify eval``'s."""
 from __future__ import annotations
 
 import csv
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
 from certify.commands.train_command import _without_nproc
 from model_zoo.checkpoints import read_checkpoint
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.launch import run_certify
 
 
 def _train(
@@ -44,16 +35,8 @@ def _train(
         args += ["--no-final-eval"]
     args += list(extra)
     if shortcut:  # certify train --nproc N starts itself under torch.distributed.run
-        cmd = [sys.executable, "-m", "certify", "train", "--nproc", str(processes), *args]
-    elif processes == 1:
-        cmd = [sys.executable, "-m", "certify", "train", *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={processes}"]
-        cmd += [f"--master-port={_free_port()}", "-m", "certify", "train", *args]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stderr
+        return run_certify(["train", "--nproc", str(processes), *args], timeout=120)
+    return run_certify(["train", *args], processes, timeout=120)
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:

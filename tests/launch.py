@@ -1,0 +1,28 @@
+"""Running ``certify`` commands in subprocesses, alone or under torchrun, for the tests of
+several processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_certify(args: list[str], processes: int = 1, timeout: int = 300) -> str:
+    """Run ``certify ARGS`` in ``processes`` gloo processes; return its stderr."""
+    if processes == 1:
+        cmd = [sys.executable, "-m", "certify", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={processes}"]
+        cmd += [f"--master-port={_free_port()}", "-m", "certify", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
