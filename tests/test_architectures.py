@@ -14,6 +14,7 @@ from torch import nn
 from certify.errors import ModelError
 from model_zoo import create_model, list_models
 from model_zoo.registry import canonical_name, register_model
+from tests.networks import SMALL_OPTIONS
 
 SIZES = {"mnist": (1, 28, 10), "cifar": (3, 32, 10), "tinyimagenet": (3, 64, 200)}
 SEED_ARCHS = {
@@ -110,17 +111,6 @@ EXPECTED = {
         **bn("8", 100),
         **linear("10", k, 100),
     },  # fmt: skip
-}
-
-# Small options per architecture for tests that only need the graph structure.
-SMALL_OPTIONS = {
-    "cnn": {"width": 4, "linear_size": 8},
-    "cnn_7layer_bn_imagenet": {"width": 4, "linear_size": 8},
-    "cnn_4layer": {"width": 4, "linear_size": 8},
-    "wide_resnet_8": {"widen_factor": 1, "dense_dim": 8},
-    "wide_resnet_imagenet64": {"widen_factor": 1, "dense_dim": 8},
-    "resnext": {"bottleneck_width": 2},
-    "ResNeXt_imagenet64": {"bottleneck_width": 2},
 }
 
 

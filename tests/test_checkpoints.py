@@ -27,17 +27,9 @@ from model_zoo.checkpoints import (
     save_checkpoint,
 )
 from model_zoo.normalization import NormalizedModel
+from tests.networks import SMALL_OPTIONS
 
 SIZES = {"mnist": (1, 28, 10), "cifar": (3, 32, 10), "tinyimagenet": (3, 64, 200)}
-SMALL_OPTIONS = {
-    "cnn": {"width": 4, "linear_size": 8},
-    "cnn_7layer_bn_imagenet": {"width": 4, "linear_size": 8},
-    "cnn_4layer": {"width": 4, "linear_size": 8},
-    "wide_resnet_8": {"widen_factor": 1, "dense_dim": 8},
-    "wide_resnet_imagenet64": {"widen_factor": 1, "dense_dim": 8},
-    "resnext": {"bottleneck_width": 2},
-    "ResNeXt_imagenet64": {"bottleneck_width": 2},
-}
 
 
 def trained(name: str, size: str, **options) -> nn.Module:
