@@ -19,7 +19,7 @@ from torch import nn
 
 from certify.compat.lirpa import load_auto_lirpa
 from certify.devices import exact_float32
-from certify.errors import ModelError, UsageError
+from certify.errors import ModelError, UsageError, first_line
 from certify.fusion import fold_batchnorm
 
 log = logging.getLogger(__name__)
@@ -148,9 +148,4 @@ def _cannot_bound(exc: BaseException, records: list[str]) -> str:
     )
     if ops:
         return f"auto_LiRPA cannot bound these operators: {', '.join(ops)}"
-    return f"auto_LiRPA cannot bound this model: {_one_line(exc)}"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    return f"auto_LiRPA cannot bound this model: {first_line(exc)}"

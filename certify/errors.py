@@ -33,3 +33,11 @@ class SoundnessError(CertifyError):
 
 class TrainingDivergedError(CertifyError):
     """The loss or the gradients became NaN or infinite during training."""
+
+
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of a low-level exception's message (its type name when empty), for
+    the one-line messages of the errors above; cut to ``limit`` characters if given."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return text[:limit] if limit is not None else text

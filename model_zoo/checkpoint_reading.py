@@ -17,13 +17,7 @@ from typing import Any
 
 import torch
 
-from certify.errors import CheckpointError
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an error's message, at most 160 characters."""
-    text = str(error).strip().splitlines()
-    return (text[0] if text else type(error).__name__)[:160]
+from certify.errors import CheckpointError, first_line
 
 
 def _refusal(error: pickle.UnpicklingError) -> CheckpointError:
@@ -63,6 +57,6 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
         raise CheckpointError(f"cannot read the file ({error.strerror or error})") from None
     except Exception as error:  # torch raises many types for damaged files
         raise CheckpointError(
-            f"the file is truncated or not a PyTorch checkpoint ({first_line(error)}); "
+            f"the file is truncated or not a PyTorch checkpoint ({first_line(error, limit=160)}); "
             "download or save it again"
         ) from None

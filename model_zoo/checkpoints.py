@@ -34,7 +34,7 @@ from typing import Any
 from torch import nn
 
 from certify.datasets import get_spec, parse_dataset
-from certify.errors import CertifyError, CheckpointError
+from certify.errors import CertifyError, CheckpointError, first_line
 from model_zoo.checkpoint_fit import (
     Geometry,
     batchnorm_counters,
@@ -52,7 +52,7 @@ from model_zoo.checkpoint_formats import (
     clean_state_dict,
     detect_format,
 )
-from model_zoo.checkpoint_reading import first_line, read_checkpoint
+from model_zoo.checkpoint_reading import read_checkpoint
 from model_zoo.checkpoint_saving import save_checkpoint
 from model_zoo.normalization import NormalizedModel
 from model_zoo.registry import canonical_name, create_model, list_models
@@ -174,7 +174,7 @@ def _build(arch: str, geometry: Geometry, adapted: Adapted) -> nn.Module:
     try:
         model.load_state_dict(full, strict=True)
     except RuntimeError as error:
-        raise CheckpointError(f"the weights do not load: {first_line(error)}") from None
+        raise CheckpointError(f"the weights do not load: {first_line(error, limit=160)}") from None
     return model
 
 

@@ -14,8 +14,8 @@ import onnx
 from onnx import version_converter
 from torch import nn
 
-from certify.errors import ModelError
-from model_zoo.onnx_proto import ONNX_DOMAINS, default_opset, first_line
+from certify.errors import ModelError, first_line
+from model_zoo.onnx_proto import ONNX_DOMAINS, default_opset
 
 
 def _unsupported_ops(proto: onnx.ModelProto, onnx2torch: object, opset: int) -> list[str]:

@@ -13,8 +13,8 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from certify.errors import CheckpointError, ModelError
-from model_zoo.onnx_proto import Shape, all_tensors, dims, first_line, graph_inputs
+from certify.errors import CheckpointError, ModelError, first_line
+from model_zoo.onnx_proto import Shape, all_tensors, dims, graph_inputs
 
 
 def read_model(path: Path) -> onnx.ModelProto:

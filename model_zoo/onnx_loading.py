@@ -22,12 +22,12 @@ import torch
 from torch import nn
 
 from certify.compat.onnx2torch_import import load_onnx2torch
-from certify.errors import ModelError, UsageError
+from certify.errors import ModelError, UsageError, first_line
 from model_zoo.normalization import NormalizedModel
 from model_zoo.onnx_convert import convert, lower_opset, raise_on_unsupported
 from model_zoo.onnx_file import io_shapes, read_model
 from model_zoo.onnx_graph import normalize_graph
-from model_zoo.onnx_proto import Shape, default_opset, first_line
+from model_zoo.onnx_proto import Shape, default_opset
 
 __all__ = ["LoadedOnnx", "OnnxImageModel", "load_onnx"]
 

@@ -74,9 +74,3 @@ def replace_nodes(graph: onnx.GraphProto, keep: list[onnx.NodeProto]) -> None:
     """Make ``keep`` the graph's node list, in its order."""
     del graph.node[:]
     graph.node.extend(keep)
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an error's message, for error messages of our own."""
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

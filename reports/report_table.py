@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from certify.eps import parse_eps
-from certify.errors import CertifyError, UsageError
+from certify.errors import CertifyError, UsageError, first_line
 
 # The columns a results file must have for us to build the table from it.
 REQUIRED_COLUMNS = (
@@ -93,8 +93,7 @@ def _read_one(path: Path) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"cannot read results file {path}: {reason}") from None
+        raise UsageError(f"cannot read results file {path}: {first_line(exc)}") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise UsageError(

@@ -13,7 +13,7 @@ import operator
 import torch
 from torch import fx, nn
 
-from certify.errors import ModelError
+from certify.errors import ModelError, first_line
 from model_zoo.normalization import Normalize
 
 ADD_TARGETS = (operator.add, operator.iadd, torch.add)
@@ -29,9 +29,8 @@ def trace(model: nn.Module) -> fx.Graph:
     try:
         return _Tracer().trace(model)
     except Exception as exc:  # fx raises many kinds for dynamic code
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(
-            f"cannot trace {type(model).__name__} for interval bounds: {first}; "
+            f"cannot trace {type(model).__name__} for interval bounds: {first_line(exc)}; "
             "its forward must not branch on data"
         ) from None
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from certify.errors import DataError
+from certify.errors import DataError, first_line
 
 
 def resolve_slice(total: int, start: int, num_samples: int | None, what: str) -> tuple[int, int]:
@@ -62,7 +62,7 @@ def not_found(what: str, expected: Path, layout: str, data_dir: Path, folder: st
     return DataError(message)
 
 
-def first_line(exc: BaseException) -> str:
-    """A one-line description of a low-level exception, for wrapping in a DataError."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+def typed_first_line(exc: BaseException) -> str:
+    """``Type: first line`` of a low-level exception, for wrapping in a DataError."""
+    name = type(exc).__name__
+    return f"{name}: {first_line(exc)}" if str(exc).strip() else name

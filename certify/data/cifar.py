@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from certify.data._common import first_line, not_found, resolve_slice, to_float, to_labels
+from certify.data._common import not_found, resolve_slice, to_float, to_labels, typed_first_line
 from certify.datasets import Dataset, get_spec
 from certify.errors import DataError
 
@@ -106,7 +106,7 @@ def _read_batch(path: Path, num_classes: int) -> tuple[np.ndarray, torch.Tensor]
         # A cut or damaged pickle fails in many ways (EOFError, UnpicklingError,
         # ValueError, ...) depending on where the damage is; all mean the same here.
         raise DataError(
-            f"{path} is a truncated or corrupt CIFAR-10 batch ({first_line(exc)}): "
+            f"{path} is a truncated or corrupt CIFAR-10 batch ({typed_first_line(exc)}): "
             "copy the file again"
         ) from exc
     if not isinstance(batch, dict):

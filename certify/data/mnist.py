@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from certify.data._common import first_line, not_found, resolve_slice, to_float, to_labels
+from certify.data._common import not_found, resolve_slice, to_float, to_labels, typed_first_line
 from certify.datasets import Dataset, get_spec
 from certify.errors import DataError
 
@@ -138,5 +138,5 @@ def _decompress(path: Path) -> bytes:
             return f.read()
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(
-            f"{path} is a truncated or corrupt gzip file ({first_line(exc)}): copy it again"
+            f"{path} is a truncated or corrupt gzip file ({typed_first_line(exc)}): copy it again"
         ) from exc

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from certify.data._common import first_line, not_found, resolve_slice, to_float
+from certify.data._common import not_found, resolve_slice, to_float, typed_first_line
 from certify.datasets import Dataset, DatasetSpec, get_spec
 from certify.errors import DataError
 
@@ -177,7 +177,7 @@ def _decode(files: list[Path], spec: DatasetSpec) -> torch.Tensor:
             ) from exc
         except OSError as exc:
             raise DataError(
-                f"{path} is not a readable image ({first_line(exc)}): copy the data set again"
+                f"{path} is not a readable image ({typed_first_line(exc)}): copy the data set again"
             ) from exc
         if rgb.size != (spec.size, spec.size):
             raise DataError(
