@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from certify.errors import UsageError
+
 
 @dataclass(frozen=True)
 class PGDConfig:
@@ -19,6 +21,10 @@ class PGDConfig:
     # Step size as a multiple of eps / steps: 2.5 lets a run cross the ball from one
     # side to the other with room to spare (Madry et al.).
     step_scale: float = 2.5
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.restarts < 1:
+            raise UsageError("--pgd-steps must be >= 0 and --pgd-restarts >= 1")
 
 
 def _worst_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

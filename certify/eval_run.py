@@ -30,12 +30,13 @@ from certify.distributed import (
     shard_from_environment,
 )
 from certify.eps import format_eps, parse_eps
-from certify.errors import ModelError, UsageError
+from certify.errors import ModelError, UsageError, first_line
 from certify.evaluation import (
     EvalConfig,
     EvalSummary,
     ProgressFn,
     SampleOutcomes,
+    check_batch_sizes,
     check_consistency,
     evaluate,
     summarize,
@@ -80,10 +81,7 @@ class EvalRequest:
             raise UsageError(f"--num-samples {opts['num_samples']}: give at least 1")
         if opts["start"] < 0:
             raise UsageError(f"--start {opts['start']}: give an index >= 0")
-        if opts["batch_size"] < 1 or opts["crown_batch_size"] < 1:
-            raise UsageError("--batch-size and --crown-batch-size must be at least 1")
-        if opts["pgd_steps"] < 0 or opts["pgd_restarts"] < 1:
-            raise UsageError("--pgd-steps must be >= 0 and --pgd-restarts >= 1")
+        check_batch_sizes(opts["batch_size"], opts["crown_batch_size"])
         request = cls(
             model_path=path,
             dataset=parse_dataset(opts["dataset"]) if opts["dataset"] else None,
@@ -251,10 +249,9 @@ def _check_input_shape(model, images: torch.Tensor, dataset: Dataset, path: Path
         with torch.no_grad():
             out = model.eval()(images[:1].cpu())
     except (RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(
             f"{path.name} does not accept {dataset.value} images of shape "
-            f"{tuple(images.shape[1:])}: {first}; check --dataset and --arch"
+            f"{tuple(images.shape[1:])}: {first_line(exc)}; check --dataset and --arch"
         ) from None
     if out.ndim != 2 or out.shape[1] != spec.num_classes:
         raise ModelError(

@@ -38,10 +38,12 @@ class EvalConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.crown_batch_size < 1:
-            raise UsageError("batch sizes must be at least 1")
-        if self.pgd.steps < 0 or self.pgd.restarts < 1:
-            raise UsageError("--pgd-steps must be >= 0 and --pgd-restarts >= 1")
+        check_batch_sizes(self.batch_size, self.crown_batch_size)
+
+
+def check_batch_sizes(batch_size: int, crown_batch_size: int) -> None:
+    if batch_size < 1 or crown_batch_size < 1:
+        raise UsageError("--batch-size and --crown-batch-size must be at least 1")
 
 
 @dataclass
