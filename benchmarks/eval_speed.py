@@ -3,6 +3,9 @@
 Times, on the full MNIST test set, a clean forward pass of a model and the IBP and
 CROWN-IBP margin bounds of the same model over the same batches, and prints the
 ratios with the machine they were measured on. Target: IBP <= 2.5x the clean pass.
+The clean pass is the model as loaded (BatchNorm not folded), as a user would run it.
+Like the ``certify`` command, it first tunes the allocator to keep freed memory
+(``certify.allocator``); ``--system-malloc`` measures without that.
 
     python benchmarks/eval_speed.py --data-dir ../shared/data
     python benchmarks/eval_speed.py --arch cnn --dataset cifar --data-dir ../shared/data
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from certify.allocator import keep_freed_memory
 from certify.bounds import BoundMethod, MarginBounder, parse_methods
 from certify.data import load_split
 from certify.datasets import get_spec
@@ -65,7 +69,12 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--methods", default="ibp,crown-ibp", help="bound methods to time")
+    parser.add_argument("--system-malloc", action="store_true", help="leave the allocator as it is")
+    parser.add_argument(
+        "--lirpa-ibp", action="store_true", help="IBP through auto_LiRPA, not the hand pass"
+    )
     args = parser.parse_args()
+    tuned = False if args.system_malloc else keep_freed_memory()
     torch.set_num_threads(args.threads)
 
     device = resolve_device(args.device)
@@ -76,7 +85,7 @@ def main() -> None:
         (images[i : i + args.batch_size], labels[i : i + args.batch_size])
         for i in range(0, len(images), args.batch_size)
     ]
-    bounder = MarginBounder(model, tuple(images.shape[1:]), device)
+    bounder = MarginBounder(model, tuple(images.shape[1:]), device, hand_ibp=not args.lirpa_ibp)
 
     def clean() -> None:
         with torch.no_grad():
@@ -96,6 +105,10 @@ def main() -> None:
     print(
         f"model: {args.arch or EMBEDDED_MODEL.name}, {len(images)} {args.dataset} test images, "
         f"batch {args.batch_size}, eps {args.eps}"
+    )
+    print(
+        f"allocator: {'keeps freed memory' if tuned else 'system default'}; "
+        f"IBP through {'the hand-written pass' if bounder.hand_ibp else 'auto_LiRPA'}"
     )
     clock = "wall" if device.type == "cuda" else "CPU"
     print(f"{'clean forward':<13} {clean_s:8.3f} s {clock} time  1.00x")
