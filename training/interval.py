@@ -416,9 +416,10 @@ def _batch_norm(module: nn.modules.batchnorm._BatchNorm, v: Bounds) -> Bounds:
     if module.bias is not None:
         shift = shift + module.bias
     scale, shift = scale.view(shape), shift.view(shape)
+    # t * scale + shift; see _IntervalBatchNorm for why not addcmul.
     return Bounds(
-        _maybe(lambda t: torch.addcmul(shift, t, scale), x),
-        torch.addcmul(shift, v.center, scale),
+        _maybe(lambda t: t.mul(scale).add_(shift), x),
+        v.center.mul(scale).add_(shift),
         v.radius * scale.abs(),
     )
 
@@ -515,6 +516,9 @@ class _IntervalReLU(torch.autograd.Function):
         inactive = torch.sign(upper).neg_().relu_()  # 1 where u < 0, else 0
         ctx.save_for_backward(active, half_unstable)
         ctx.mark_non_differentiable(lower, upper, active, inactive)
+        # No zero gradients for the four non-differentiable outputs: they would cost
+        # four full-size allocations and fills per layer in every backward.
+        ctx.set_materialize_grads(False)
         return new_center, new_radius, lower, upper, active, inactive
 
     @staticmethod
@@ -563,12 +567,15 @@ class _IntervalBatchNorm(torch.autograd.Function):
         if bias is not None:
             shift = shift + bias
         s, t = scale.view(shape), shift.view(shape)
-        x_out = torch.addcmul(t, x, s)
-        center_out = torch.addcmul(t, center, s)
+        # x * s + t as a product and an in-place sum: on CPU, addcmul with the broadcast
+        # (1, C, 1, 1) shift as its first argument is several times slower.
+        x_out = x.mul(s).add_(t)
+        center_out = center.mul(s).add_(t)
         radius_out = radius * s.abs()
         var_on = torch.sign(raw_var.sign().add_(1.0))  # 1 where the variance was not clamped
         ctx.save_for_backward(x, center, radius, mean, invstd, weight, scale, var_on)
         ctx.mark_non_differentiable(mean, var)
+        ctx.set_materialize_grads(False)
         return x_out, center_out, radius_out, mean, var
 
     @staticmethod
@@ -599,9 +606,7 @@ class _IntervalBatchNorm(torch.autograd.Function):
         g_mean = g_mean - 2.0 * mean * g_var
         g_x_in = g_center_in = g_radius_in = None
         if ctx.needs_input_grad[0]:
-            g_x_in = torch.addcmul(
-                (g_mean / count).view(shape), x, (2.0 * g_var / count).view(shape)
-            )
+            g_x_in = x.mul((2.0 * g_var / count).view(shape)).add_((g_mean / count).view(shape))
             if g_x is not None:
                 g_x_in.addcmul_(g_x, s)
         if g_center is not None and ctx.needs_input_grad[1]:
