@@ -178,3 +178,19 @@ def test_cli_entry_point_tunes_the_allocator(monkeypatch) -> None:
     with pytest.raises(SystemExit) as exit_info:
         certify.cli.main()
     assert exit_info.value.code == 0 and calls == [1]
+
+
+def test_bounds_only_sees_weights_changed_in_place() -> None:
+    """|W| is cached between calls; an in-place change of W must not leave it stale."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).eval()
+    network = IntervalNetwork(model)
+    x = torch.rand(4, 6)
+    before, _ = network.bounds_only(x, 0.1)
+    with torch.no_grad():
+        model[0].weight.mul_(-3.0)
+    after, _ = network.bounds_only(x, 0.1)
+    with torch.no_grad():
+        fresh = IntervalNetwork(model)(x, 0.1)
+    torch.testing.assert_close(after, fresh.lower, rtol=0.0, atol=1e-5)
+    assert not torch.allclose(before, after)

@@ -165,6 +165,9 @@ class IntervalNetwork:
             and isinstance(model.get_submodule(last.target), nn.Linear)
         )
         self._final_linear = last if is_linear else None
+        # |W| of each weight for bounds_only, kept while the weight is unchanged:
+        # id -> (weight, its version counter, |weight|).
+        self._abs_weights: dict[int, tuple[Tensor, int, Tensor]] = {}
 
     def _check_supported(self) -> None:
         bad = set()
@@ -194,9 +197,11 @@ class IntervalNetwork:
         """Lower and upper IBP bounds as in ``__call__``, for evaluation: no clean pass,
         no gradient, no pre-ReLU record, and intermediate intervals updated in place,
         which makes it about as costly as two clean forward passes."""
-        lower, upper = (x - eps).clamp_(0.0, 1.0), (x + eps).clamp_(0.0, 1.0)
-        box = Bounds.from_box(None, lower, upper)
+        lower = (x - eps).clamp_(0.0, 1.0)
+        radius = (x + eps).clamp_(0.0, 1.0).sub_(lower).mul_(0.5)
+        box = Bounds(None, lower.add_(radius), radius)
         run = _Run(self.model, spec, self._final_linear, bounds_only=True)
+        run.abs_weights = self._abs_weights
         result = run.execute(self.graph, box)
         return result.lower, result.upper
 
@@ -216,6 +221,7 @@ class _Run:
         self.final = final
         self.bounds_only = bounds_only
         self.spec_folded = False  # the spec merged into the last Linear layer
+        self.abs_weights: dict[int, tuple[Tensor, int, Tensor]] | None = None
         self.pre_relu: list[PreActivation] = []
         self.input_bounds: Bounds | None = None
         self.logits: Tensor | None = None
@@ -284,9 +290,11 @@ class _Run:
             return self._relu(v)
         if isinstance(module, nn.Conv1d | nn.Conv2d):
             # _conv_forward honours padding modes other than zeros.
-            return _affine(v, module._conv_forward, module.weight, module.bias)
+            return _affine(
+                v, module._conv_forward, module.weight, module.bias, self._abs(module.weight)
+            )
         if isinstance(module, nn.Linear):
-            return _affine(v, F.linear, module.weight, module.bias)
+            return _affine(v, F.linear, module.weight, module.bias, self._abs(module.weight))
         if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
             return _batch_norm(module, v)
         if isinstance(module, Normalize):
@@ -300,6 +308,16 @@ class _Run:
             raise ModelError("interval bounds in training do not support Dropout with p > 0")
         # Flatten, average pooling, Identity, inactive Dropout.
         return v.linear(module)
+
+    def _abs(self, weight: Tensor) -> Tensor:
+        """|weight|, from the cache of bounds_only runs while the weight is unchanged."""
+        if self.abs_weights is None:
+            return weight.abs()
+        cached = self.abs_weights.get(id(weight))
+        if cached is None or cached[0] is not weight or cached[1] != weight._version:
+            cached = (weight, weight._version, weight.abs())
+            self.abs_weights[id(weight)] = cached
+        return cached[2]
 
     def _function(self, target: Any, args: tuple, kwargs: dict) -> Any:
         if not any(isinstance(a, Bounds) for a in args):
@@ -344,11 +362,13 @@ class _Run:
         raise ModelError(f"interval bounds do not support the tensor method {name}")
 
 
-def _affine(v: Bounds, op: Callable, weight: Tensor, bias: Tensor | None) -> Bounds:
+def _affine(
+    v: Bounds, op: Callable, weight: Tensor, bias: Tensor | None, abs_weight: Tensor | None = None
+) -> Bounds:
     return Bounds(
         _maybe(lambda x: op(x, weight, bias), v.x),
         op(v.center, weight, bias),
-        op(v.radius, weight.abs(), None),
+        op(v.radius, weight.abs() if abs_weight is None else abs_weight, None),
     )
 
 
