@@ -4,7 +4,9 @@ Trains the same model on the same data for one epoch of ``--method fast`` in the
 middle of the warmup (eps > 0 and both regularizers on, the most expensive kind of
 epoch) and for one epoch of clean training through the same loop, and prints the ratio
 with the machine it was measured on. Target: <= 2.5x. By default one thread and CPU
-time, so that other processes on a shared machine do not distort the ratio.
+time, so that other processes on a shared machine do not distort the ratio. Like the
+``certify`` command, it first tunes the allocator to keep freed memory
+(``certify.allocator``).
 
     python benchmarks/train_speed.py --data-dir ../shared/data
     python benchmarks/train_speed.py --arch cnn --dataset cifar --batch-size 128
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from certify.allocator import keep_freed_memory
 from certify.data import load_split
 from certify.datasets import get_spec
 from certify.devices import describe_device, resolve_device
@@ -90,6 +93,7 @@ def main() -> None:
         "other processes on a shared machine do not distort (0: torch's default, wall time)",
     )
     args = parser.parse_args()
+    keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
 
