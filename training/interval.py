@@ -200,8 +200,7 @@ class IntervalNetwork:
         lower = (x - eps).clamp_(0.0, 1.0)
         radius = (x + eps).clamp_(0.0, 1.0).sub_(lower).mul_(0.5)
         box = Bounds(None, lower.add_(radius), radius)
-        run = _Run(self.model, spec, self._final_linear, bounds_only=True)
-        run.abs_weights = self._abs_weights
+        run = _Run(self.model, spec, self._final_linear, abs_weights=self._abs_weights)
         result = run.execute(self.graph, box)
         return result.lower, result.upper
 
@@ -214,14 +213,15 @@ class _Run:
         model: nn.Module,
         spec: Tensor | None,
         final: fx.Node | None,
-        bounds_only: bool = False,
+        abs_weights: dict[int, tuple[Tensor, int, Tensor]] | None = None,
     ) -> None:
         self.model = model
         self.spec = spec
         self.final = final
-        self.bounds_only = bounds_only
+        # A bounds-only run (no clean values, no gradient) is the one that caches |W|.
+        self.abs_weights = abs_weights
+        self.bounds_only = abs_weights is not None
         self.spec_folded = False  # the spec merged into the last Linear layer
-        self.abs_weights: dict[int, tuple[Tensor, int, Tensor]] | None = None
         self.pre_relu: list[PreActivation] = []
         self.input_bounds: Bounds | None = None
         self.logits: Tensor | None = None
@@ -394,22 +394,22 @@ def _folded_linear(weight: Tensor, bias: Tensor | None, v: Any, spec: Tensor) ->
     # C (W c + b) is C W c + C b; through the K logits it is far cheaper than through
     # the per-sample matrix C W. The radius needs |C W| itself. A product and a sum
     # beat einsum's batched matrix-vector products by 3x on a CPU.
-    center = _apply(spec, F.linear(v.center, weight, bias))
+    center = _per_sample_matmul(spec, F.linear(v.center, weight, bias))
     radius = (merged.abs() * v.radius.unsqueeze(1)).sum(2)
-    spec_x = _maybe(lambda x: _apply(spec, F.linear(x, weight, bias)), v.x)
+    spec_x = _maybe(lambda x: _per_sample_matmul(spec, F.linear(x, weight, bias)), v.x)
     return Bounds(spec_x, center, radius)
 
 
-def _apply(spec: Tensor, values: Tensor) -> Tensor:
+def _per_sample_matmul(spec: Tensor, values: Tensor) -> Tensor:
     """``spec @ values`` per sample: (N x M x K) times (N x K) gives N x M."""
     return (spec * values.unsqueeze(1)).sum(2)
 
 
 def _apply_spec(v: Bounds, spec: Tensor) -> Bounds:
     return Bounds(
-        _maybe(lambda x: _apply(spec, x), v.x),
-        _apply(spec, v.center),
-        _apply(spec.abs(), v.radius),
+        _maybe(lambda x: _per_sample_matmul(spec, x), v.x),
+        _per_sample_matmul(spec, v.center),
+        _per_sample_matmul(spec.abs(), v.radius),
     )
 
 
