@@ -204,6 +204,16 @@ class IntervalNetwork:
         result = run.execute(self.graph, box)
         return result.lower, result.upper
 
+    @torch.no_grad()
+    def node_bounds(self, lower: Tensor, upper: Tensor) -> dict[str, Bounds]:
+        """The interval of every graph node's value over the box ``[lower, upper]``
+        (taken as given, not clipped), by node name; for analysing a model."""
+        record: dict[str, Bounds] = {}
+        box = Bounds.from_box(None, lower, upper)
+        box.x = box.center  # any point of the box: the pass needs clean values
+        _Run(self.model, None, None).execute(self.graph, box, record)
+        return record
+
 
 class _Run:
     """The state of one pass over the graph."""
@@ -226,7 +236,11 @@ class _Run:
         self.input_bounds: Bounds | None = None
         self.logits: Tensor | None = None
 
-    def execute(self, graph: fx.Graph, box: Bounds) -> IntervalResult:
+    def execute(
+        self, graph: fx.Graph, box: Bounds, record: dict[str, Bounds] | None = None
+    ) -> IntervalResult:
+        """Runs the graph on ``box``; ``record``, when given, receives the interval of
+        every node by name."""
         env: dict[fx.Node, Any] = {}
         out: Any = None
         for node in graph.nodes:
@@ -240,6 +254,8 @@ class _Run:
                 args = fx.node.map_arg(node.args, lambda n: env[n])
                 kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
                 env[node] = self._node(node, args, kwargs)
+            if record is not None and isinstance(env.get(node), Bounds):
+                record[node.name] = env[node]
         if not isinstance(out, Bounds):
             raise ModelError("the model's output does not depend on its input")
         if self.spec is not None and not self.spec_folded:
