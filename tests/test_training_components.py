@@ -9,12 +9,13 @@ import pytest
 import torch
 from torch import nn
 
+from certify.bounds import margin_matrix
 from certify.errors import ModelError, UsageError
 from model_zoo import create_model
 from model_zoo.normalization import NormalizedModel
 from training.init import ibp_init, ibp_sigma
 from training.interval import IntervalNetwork, PreActivation
-from training.losses import crown_ibp_mix, margin_spec, robust_cross_entropy
+from training.losses import crown_ibp_mix, robust_cross_entropy
 from training.regularizers import (
     regularizer_weight,
     relu_balance_loss,
@@ -184,11 +185,6 @@ def test_regularizer_weight() -> None:
 # --- losses ------------------------------------------------------------------------
 
 
-def test_margin_spec_rows() -> None:
-    spec = margin_spec(torch.tensor([1]), 3)
-    assert spec.tolist() == [[[-1.0, 1.0, 0.0], [0.0, 1.0, -1.0]]]
-
-
 def test_robust_cross_entropy_hand_computed() -> None:
     lower = torch.tensor([[1.0, 2.0]])
     expected = math.log(1 + math.exp(-1) + math.exp(-2))
@@ -246,7 +242,7 @@ def test_interval_bounds_contain_sampled_outputs(name: str, train_mode: bool) ->
     model = NormalizedModel(network, (0.13,), (0.31,))
     ibp_init(model)
     x = torch.rand(16, 1, size, size)
-    spec = margin_spec(torch.randint(0, 10, (16,)), 10)
+    spec = margin_matrix(torch.randint(0, 10, (16,)), 10)
     model.train(train_mode)
     with torch.no_grad():
         result = IntervalNetwork(model)(x, 0.02, spec)

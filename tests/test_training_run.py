@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
+from certify.bounds import margin_matrix
 from certify.cli import cli
 from certify.data import load_split
 from certify.errors import UsageError
@@ -25,7 +26,7 @@ from training.init import ibp_init
 from training.interval import IntervalNetwork
 from training.log_csv import COLUMNS
 from training.loop import Method, StepConfig, train_epoch
-from training.losses import margin_spec, robust_cross_entropy
+from training.losses import robust_cross_entropy
 from training.presets import preset_values, resolve_config
 from training.regularizers import warmup_regularizers
 from training.run import lr_at, train
@@ -59,7 +60,7 @@ def test_fast_steps_reduce_the_loss_on_real_mnist(shared_data: Path) -> None:
         # Robust loss plus regularizers at a fixed eps on held-out images.
         model.train()
         with torch.no_grad():
-            result = bounder.bounds(held_x, 0.02, margin_spec(held_y, 10), 0.1)
+            result = bounder.bounds(held_x, 0.02, margin_matrix(held_y, 10), 0.1)
             reg = warmup_regularizers(result.input_bounds.radius, result.pre_relu, 0.5)
             return float(robust_cross_entropy(result.lower) + 0.5 * reg.total)
 
@@ -109,7 +110,7 @@ def test_interval_bounds_equal_auto_lirpa_ibp() -> None:
     )
     ibp_init(model)
     x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
-    spec = margin_spec(y, 10)
+    spec = margin_matrix(y, 10)
     bounded = CrownIBPBounder(model, (3, 32, 32), torch.device("cpu"))
     for train_mode in (True, False):
         bounded.train(train_mode)

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from certify.bounds import margin_matrix
 from certify.distributed import SINGLE, Shard
 from certify.errors import TrainingDivergedError
 from training.bounders import CrownIBPBounder, IBPBounder
@@ -31,7 +32,6 @@ from training.interval import IntervalNetwork
 from training.losses import (
     clean_cross_entropy,
     clean_errors,
-    margin_spec,
     robust_cross_entropy,
     verified_errors,
 )
@@ -206,7 +206,7 @@ def _chunk_loss(
         meter.add("loss", loss.item(), n)
         return loss
     bound_eps = eps if eps > 0 else config.min_reg_eps
-    result = bounder.bounds(x, bound_eps, margin_spec(y, config.num_classes), config.max_eps)
+    result = bounder.bounds(x, bound_eps, margin_matrix(y, config.num_classes), config.max_eps)
     clean_ce = clean_cross_entropy(result.logits, y)
     meter.add("clean_ce", clean_ce.item(), n)
     meter.add("clean_err", float(clean_errors(result.logits, y).float().mean()), n)
@@ -262,7 +262,7 @@ def evaluate_split(
     meter = Meter()
     for i in range(0, len(labels), batch_size):
         x, y = images[i : i + batch_size].to(device), labels[i : i + batch_size].to(device)
-        result = network(x, eps, margin_spec(y, num_classes))
+        result = network(x, eps, margin_matrix(y, num_classes))
         meter.add("clean_err", float(clean_errors(result.logits, y).float().mean()), len(y))
         meter.add("verified_err", float(verified_errors(result.lower).float().mean()), len(y))
         meter.add("robust_ce", float(robust_cross_entropy(result.lower)), len(y))

@@ -1,8 +1,9 @@
-"""Losses of certified training: clean and robust cross-entropy and the margin spec.
+"""Losses of certified training: clean and robust cross-entropy.
 
 The robust loss is the cross-entropy of the "worst-case logits" ``[0, -m_1, ...,
 -m_{K-1}]`` with the true class at index 0, where m_j are lower bounds of the margins
-z_y - z_j: it is an upper bound of the cross-entropy anywhere in the eps-ball.
+z_y - z_j (the rows of :func:`certify.bounds.margin_matrix`): it is an upper bound of
+the cross-entropy anywhere in the eps-ball.
 """
 
 from __future__ import annotations
@@ -10,17 +11,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-
-def margin_spec(labels: Tensor, num_classes: int) -> Tensor:
-    """C of shape (N, K-1, K) with rows e_y - e_j for every other class j, in class
-    order (the same rows as :func:`certify.bounds.margin_matrix`, without importing
-    auto_LiRPA)."""
-    n = len(labels)
-    eye = torch.eye(num_classes, device=labels.device)
-    others = torch.arange(num_classes, device=labels.device).expand(n, -1)
-    others = others[others != labels[:, None]].view(n, num_classes - 1)
-    return eye[labels].unsqueeze(1) - eye[others]
 
 
 def robust_cross_entropy(margin_lower: Tensor) -> Tensor:
