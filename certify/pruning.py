@@ -12,7 +12,9 @@ float rounding) on a smaller network.
 Like BatchNorm folding (:mod:`certify.fusion`) this runs once per model and makes a
 twin for bounding; the model as loaded is left untouched. Only plain chains are
 pruned: a Conv or Linear layer whose sole user is a ReLU whose sole user is a Conv,
-a Linear, or a Flatten feeding a Linear. Anything else stays as it is.
+a Linear, or a Flatten feeding a Linear. Anything else stays as it is. A last check
+runs both models on the corners of the box and on random images; if they disagree, the
+model is bounded whole.
 """
 
 from __future__ import annotations
@@ -69,8 +71,28 @@ def prune_dead_units(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Modul
     pruned = copy.deepcopy(model)
     for cut in cuts:
         _apply(pruned, cut)
+    if not _same_function(model, pruned, input_shape, box.device):
+        log.warning("removing dead units changed the model's outputs; bounding it whole")
+        return model
     log.debug("pruned dead units after %s", ", ".join(c.producer for c in cuts))
     return pruned
+
+
+@torch.no_grad()
+def _same_function(
+    model: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...], device: torch.device
+) -> bool:
+    """A last check that nothing live was removed: both models agree on the corners of
+    the box and on random images."""
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.randint(0, 2, (8, *input_shape), generator=generator).float()
+    inside = torch.rand(8, *input_shape, generator=generator)
+    extremes = torch.stack([torch.zeros(input_shape), torch.ones(input_shape)])
+    dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    probe = torch.cat([extremes, corners, inside]).to(device, dtype)
+    expected = model(probe)
+    tolerance = 1e-4 * (1.0 + expected.abs().max().item())
+    return bool(torch.allclose(pruned(probe), expected, rtol=0.0, atol=tolerance))
 
 
 def _cut_at(node: fx.Node, model: nn.Module, bounds: dict) -> _Cut | None:

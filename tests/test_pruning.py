@@ -178,3 +178,21 @@ def test_bundled_model_is_pruned_and_verifies_the_same_images(shared_data, monke
         theirs = full.lower_bounds(data.images, data.labels, 0.3, method)
         torch.testing.assert_close(ours, theirs, rtol=0.0, atol=1e-4)
         assert torch.equal((ours > 0).all(1), (theirs > 0).all(1))
+
+
+def test_a_cut_that_changes_the_outputs_is_refused(monkeypatch) -> None:
+    """The last check: if the analysis ever named a live channel dead, the model is
+    bounded whole rather than wrongly."""
+    import certify.pruning as pruning
+
+    model = _chain_with_dead_units()
+    real_cut_at = pruning._cut_at
+
+    def wrong_cut(node, module, bounds):
+        cut = real_cut_at(node, module, bounds)
+        if cut is not None and cut.producer == "0":
+            cut.live = cut.live[1:]  # also drops channel 0, which is live
+        return cut
+
+    monkeypatch.setattr(pruning, "_cut_at", wrong_cut)
+    assert prune_dead_units(model, (1, 14, 14)) is model
