@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model_zoo.architectures.common import feature_size
+from model_zoo.architectures.common import feature_size, residual_forward
 from model_zoo.registry import register_model
 
 EXPANSION = 2
@@ -83,12 +83,13 @@ class ResNeXt(nn.Module):
         self.linear2 = nn.Linear(dense_dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer3(self.layer2(self.layer1(out)))
-        # Flatten, not view(size(0), -1): auto_LiRPA traces size(0) as a constant batch.
-        out = torch.flatten(out, 1)
-        out = F.relu(self.bn_dense(self.linear1(out)))
-        return self.linear2(out)
+        return residual_forward(
+            x,
+            (self.conv1, self.bn1),
+            (self.layer1, self.layer2, self.layer3),
+            (self.linear1, self.bn_dense),
+            self.linear2,
+        )
 
 
 @register_model

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model_zoo.architectures.common import feature_size
+from model_zoo.architectures.common import feature_size, residual_forward
 from model_zoo.registry import register_model
 
 
@@ -87,12 +87,13 @@ class WideResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        # Flatten, not view(size(0), -1): auto_LiRPA traces size(0) as a constant batch.
-        x = torch.flatten(x, 1)
-        x = F.relu(self.dense_bn(self.dense(x)))
-        return self.fc(x)
+        return residual_forward(
+            x,
+            (self.conv1, self.bn1),
+            (self.layer1, self.layer2, self.layer3),
+            (self.dense, self.dense_bn),
+            self.fc,
+        )
 
 
 @register_model
