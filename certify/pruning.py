@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -61,10 +62,14 @@ def prune_dead_units(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Modul
     except (ModelError, RuntimeError, TypeError) as exc:
         log.debug("no dead units pruned, the model cannot be analysed: %s", exc)
         return model
+    calls = Counter(n.target for n in network.graph.nodes if n.op == "call_module")
     cuts = [
         cut
         for node in network.graph.nodes
         if (cut := _cut_at(node, network.model, bounds)) is not None
+        # A layer called twice would lose channels at its other call too.
+        and calls[cut.producer] == 1
+        and calls[cut.consumer] == 1
     ]
     if not cuts:
         return model
@@ -92,7 +97,11 @@ def _same_function(
     probe = torch.cat([extremes, corners, inside]).to(device, dtype)
     expected = model(probe)
     tolerance = 1e-4 * (1.0 + expected.abs().max().item())
-    return bool(torch.allclose(pruned(probe), expected, rtol=0.0, atol=tolerance))
+    try:
+        got = pruned(probe)
+    except RuntimeError:  # shapes that no longer fit
+        return False
+    return bool(torch.allclose(got, expected, rtol=0.0, atol=tolerance))
 
 
 def _cut_at(node: fx.Node, model: nn.Module, bounds: dict) -> _Cut | None:

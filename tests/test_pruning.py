@@ -196,3 +196,19 @@ def test_a_cut_that_changes_the_outputs_is_refused(monkeypatch) -> None:
 
     monkeypatch.setattr(pruning, "_cut_at", wrong_cut)
     assert prune_dead_units(model, (1, 14, 14)) is model
+
+
+def test_a_layer_called_twice_is_not_pruned() -> None:
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first = nn.Linear(4, 4)
+            self.shared = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.shared(torch.relu(self.shared(torch.relu(self.first(x)))))
+
+    model = Twice().eval()
+    with torch.no_grad():
+        model.first.bias[0] = -100.0  # dead, but its reader is also called elsewhere
+    assert prune_dead_units(model, (4,)) is model
