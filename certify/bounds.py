@@ -104,7 +104,7 @@ class MarginBounder:
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             try:
                 self.module = lirpa.BoundedModule(
-                    model, dummy, bound_opts={"conv_mode": "patches"}, device=device
+                    model, dummy, bound_opts=_BOUND_OPTS, device=device
                 )
             except Exception as exc:  # auto_LiRPA raises bare exceptions
                 raise ModelError(_cannot_bound(exc, records)) from exc
@@ -171,6 +171,14 @@ class MarginBounder:
 
 
 _PROBE_EPS = 0.05
+
+# auto_LiRPA's default "sparse intermediate bounds" computes CROWN bounds only for the
+# neurons that IBP finds unstable in *some* image of the batch and keeps IBP bounds for
+# the rest, so an image's CROWN bound depends on the other images in its batch (on the
+# bundled model one margin bound went from 3.28 alone to -0.20 in a batch of 256).
+# Every intermediate bound by CROWN, as the method is defined, gives each image the same
+# bounds in any batch, at about 15% more time.
+_BOUND_OPTS = {"conv_mode": "patches", "sparse_intermediate_bounds": False}
 
 
 def _refuse_unsupported_layers(model: nn.Module) -> None:

@@ -119,3 +119,22 @@ def test_dilated_convolutions_are_refused() -> None:
     model = nn.Sequential(nn.Conv2d(1, 2, 3, dilation=2), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
     with pytest.raises(ModelError, match="dilated convolutions"):
         MarginBounder(model, (1, 8, 8), torch.device("cpu"))
+
+
+def test_crown_bounds_of_an_image_do_not_depend_on_its_batch() -> None:
+    """auto_LiRPA's default chose IBP or CROWN intermediate bounds per batch; an image's
+    CROWN bound then changed with --crown-batch-size (image 917 of the bundled data: a
+    margin bound of 3.28 alone, 2.55 in its batch of 32)."""
+    from certify.data import load_split
+    from certify.eval_run import EMBEDDED_DIR, EMBEDDED_MODEL
+    from model_zoo.checkpoints import load_checkpoint
+
+    model = load_checkpoint(EMBEDDED_MODEL).model
+    data = load_split("mnist", EMBEDDED_DIR / "data", "test", 896, 32)
+    bounder = MarginBounder(model, (1, 28, 28), torch.device("cpu"))
+    batch = bounder.lower_bounds(data.images, data.labels, 0.4, BoundMethod.CROWN)
+    for i in (0, 21, 31):  # 21 is image 917
+        alone = bounder.lower_bounds(
+            data.images[i : i + 1], data.labels[i : i + 1], 0.4, BoundMethod.CROWN
+        )
+        torch.testing.assert_close(alone[0], batch[i], rtol=0.0, atol=1e-4)
