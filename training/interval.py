@@ -207,7 +207,8 @@ class IntervalNetwork:
     @torch.no_grad()
     def node_bounds(self, lower: Tensor, upper: Tensor) -> dict[str, Bounds]:
         """The interval of every graph node's value over the box ``[lower, upper]``
-        (taken as given, not clipped), by node name; for analysing a model."""
+        (taken as given, not clipped), by node name; for analysing a model in eval mode
+        (in train mode BatchNorm would normalize with, and record, the box's centre)."""
         record: dict[str, Bounds] = {}
         box = Bounds.from_box(None, lower, upper)
         box.x = box.center  # any point of the box: the pass needs clean values
