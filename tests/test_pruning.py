@@ -10,6 +10,7 @@ from certify.compat.lirpa import load_auto_lirpa
 from certify.eval_run import EMBEDDED_MODEL
 from certify.fusion import fold_batchnorm
 from certify.pruning import prune_dead_units
+from model_zoo import list_models
 from model_zoo.checkpoints import load_checkpoint
 from tests.test_eval_ibp import _registered
 from training.interval import IntervalNetwork
@@ -115,26 +116,27 @@ def test_pruned_model_gives_the_same_linear_relaxation_bounds() -> None:
     assert (cut >= full - 1e-4).all()
 
 
-@pytest.mark.parametrize(
-    ("name", "channels", "size", "prunable"),
-    [("cnn", 3, 32, True), ("wide_resnet_8", 3, 32, False), ("resnext", 3, 32, False)],
-)
-def test_registered_models_keep_their_function(
-    name: str, channels: int, size: int, prunable: bool
-) -> None:
-    """Dead first-layer channels are removed from a plain chain; residual networks,
-    whose first layer feeds a residual join, are left as they are."""
-    folded = fold_batchnorm(_registered(name, channels, size))
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_keeps_its_function_and_bounds(name: str) -> None:
+    """With a quarter of every layer's units made dead, each architecture loses
+    parameters (residual networks in the chains inside their blocks) and keeps its
+    outputs and its interval bounds."""
+    folded = fold_batchnorm(_registered(name, 3, 32))
     with torch.no_grad():
-        # Make some first-layer channels dead to exercise the chains these models have.
-        first = next(m for m in folded.modules() if isinstance(m, nn.Conv2d))
-        if first.bias is not None:
-            first.bias[:2] = -1e3
-    pruned = prune_dead_units(folded, (channels, size, size))
-    assert (pruned is not folded) == prunable
-    x = _images(4, (channels, size, size))
+        for layer in folded.modules():
+            if isinstance(layer, nn.Conv2d | nn.Linear) and layer.bias is not None:
+                layer.bias[: layer.bias.numel() // 4] = -1e4
+    pruned = prune_dead_units(folded, (3, 32, 32))
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in folded.parameters())
+    x = _images(4, (3, 32, 32))
     with torch.no_grad():
         torch.testing.assert_close(pruned(x), folded(x), rtol=0.0, atol=1e-4)
+    spec = margin_matrix(torch.arange(len(x)) % 10, 10)
+    cut = IntervalNetwork(pruned).bounds_only(x, 1 / 255, spec)
+    full = IntervalNetwork(folded).bounds_only(x, 1 / 255, spec)
+    for ours, theirs in zip(cut, full, strict=True):
+        scale = 1.0 + theirs.abs().max().item()
+        torch.testing.assert_close(ours, theirs, rtol=0.0, atol=1e-4 * scale)
 
 
 def test_a_model_the_interval_pass_cannot_read_is_returned_unchanged() -> None:
