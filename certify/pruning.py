@@ -12,7 +12,8 @@ float rounding) on a smaller network.
 Like BatchNorm folding (:mod:`certify.fusion`) this runs once per model and makes a
 twin for bounding; the model as loaded is left untouched. Only plain chains are
 pruned: a Conv or Linear layer whose sole user is a ReLU whose sole user is a Conv,
-a Linear, or a Flatten feeding a Linear. Anything else stays as it is. A last check
+a Linear, or a Flatten feeding a Linear (in converted ONNX graphs also a Reshape to one
+dimension per image, whose shape constant is updated). Anything else stays as it is. A last check
 runs both models on the corners of the box and on random images; if they disagree, the
 model is bounded whole.
 """
@@ -45,6 +46,9 @@ class _Cut:
     producer: str  # module names
     consumer: str
     live: Tensor  # indices of the producer's output channels that are kept
+    # The (batch, features) shape constant of a converted ONNX Reshape on the way,
+    # whose feature count shrinks with the channels.
+    shape_constant: str | None = None
 
 
 def prune_dead_units(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
@@ -116,9 +120,18 @@ def _cut_at(node: fx.Node, model: nn.Module, bounds: dict) -> _Cut | None:
     layer = _affine_module(producer, model)
     if layer is None:
         return None
-    consumer = _through_flatten(consumer, model, isinstance(layer, nn.Conv1d | nn.Conv2d))
+    after_conv = isinstance(layer, nn.Conv1d | nn.Conv2d)
+    flatten = consumer
+    consumer = _through_flatten(consumer, model, after_conv, bounds)
     if consumer is None or _affine_module(consumer, model) is None:
         return None
+    shape_constant = None
+    if flatten is not consumer and type(model.get_submodule(flatten.target)).__name__ == (
+        "OnnxReshape"
+    ):
+        shape_constant = _reshape_constant(flatten)
+        if shape_constant is None:
+            return None
     upper = bounds[producer.name].upper[0].cpu()  # units of one image: (C, ...) or (F,)
     margin = _DEAD_MARGIN * (1.0 + upper.abs().max().item())
     dead = (upper < -margin).flatten(1).all(1) if upper.dim() > 1 else upper < -margin
@@ -127,7 +140,7 @@ def _cut_at(node: fx.Node, model: nn.Module, bounds: dict) -> _Cut | None:
         return None
     if len(live) == 0:  # every unit dead: keep one, so no layer becomes empty
         live = torch.zeros(1, dtype=torch.long)
-    return _Cut(str(producer.target), str(consumer.target), live)
+    return _Cut(str(producer.target), str(consumer.target), live, shape_constant)
 
 
 def _is_relu(node: fx.Node, model: nn.Module) -> bool:
@@ -150,20 +163,41 @@ def _affine_module(node: fx.Node, model: nn.Module) -> nn.Module | None:
     return None
 
 
-def _through_flatten(node: fx.Node, model: nn.Module, after_conv: bool) -> fx.Node | None:
-    """The layer that reads a ReLU's output: ``node`` itself, or after a Flatten from
-    dimension 1 that only a Linear reads."""
+def _through_flatten(
+    node: fx.Node, model: nn.Module, after_conv: bool, bounds: dict
+) -> fx.Node | None:
+    """The layer that reads a ReLU's output: ``node`` itself, or after a flatten (a
+    Flatten from dimension 1, or a converted ONNX Reshape or Flatten to one dimension
+    per image) that only a Linear reads."""
     if not after_conv or node.op != "call_module":
         return node
     module = model.get_submodule(node.target)
-    if not isinstance(module, nn.Flatten):
+    if isinstance(module, nn.Flatten):
+        if module.start_dim != 1 or module.end_dim != -1:
+            return None
+    elif type(module).__name__ in ("OnnxReshape", "OnnxFlatten"):
+        # Row-major, as flatten: (1, C, H, W) -> (1, C*H*W) for one image.
+        out = bounds.get(node.name)
+        if out is None or out.center.dim() != 2 or out.center.shape[0] != 1:
+            return None
+    else:
         return node
-    if module.start_dim != 1 or module.end_dim != -1 or len(node.users) != 1:
+    if len(node.users) != 1:
         return None
     reader = next(iter(node.users))
     if reader.op == "call_module" and isinstance(model.get_submodule(reader.target), nn.Linear):
         return reader
     return None
+
+
+def _reshape_constant(node: fx.Node) -> str | None:
+    """The name of the constant that gives a Reshape its target shape, if only this
+    node reads it (it will change)."""
+    shape = node.args[1] if len(node.args) > 1 else None
+    if not (isinstance(shape, fx.Node) and shape.op == "get_attr"):
+        return None
+    readers = [n for n in node.graph.nodes if n.op == "get_attr" and n.target == shape.target]
+    return str(shape.target) if len(readers) == 1 and len(shape.users) == 1 else None
 
 
 def _apply(model: nn.Module, cut: _Cut) -> None:
@@ -172,6 +206,13 @@ def _apply(model: nn.Module, cut: _Cut) -> None:
     channels = producer.weight.shape[0]
     _set_module(model, cut.producer, _keep_outputs(producer, cut.live))
     _set_module(model, cut.consumer, _keep_inputs(consumer, cut.live, channels))
+    if cut.shape_constant is not None:
+        parent, _, name = cut.shape_constant.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        shape = getattr(owner, name).clone()
+        if shape[-1] > 0:  # a count, not -1 (inferred) or 0 (copied)
+            shape[-1] = shape[-1] // channels * len(cut.live)
+        setattr(owner, name, shape)
 
 
 def _keep_outputs(layer: nn.Module, live: Tensor) -> nn.Module:

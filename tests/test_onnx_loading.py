@@ -521,3 +521,26 @@ def test_onnx2torch_uses_a_real_torchvision_when_there_is_one(tmp_path: Path) ->
         extra_path=tmp_path,
     )
     assert "real ok" in out
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize(
+    ("name", "exporter"),
+    [("cnn", "legacy"), ("cnn", "dynamo"), ("residual", "legacy"), ("residual", "dynamo")],
+)
+def test_hand_ibp_covers_converted_models(exported: Exported, name: str, exporter: str) -> None:
+    """onnx2torch's arithmetic and reshape modules are understood by the hand-written
+    interval pass, which then gives auto_LiRPA's IBP bounds on converted graphs too."""
+    from certify.bounds import BoundMethod, MarginBounder
+
+    _, path = exported(name, exporter)
+    loaded = load_onnx(path, mean=(0.5,), std=(0.25,), input_shape=MODELS[name][1])
+    hand = MarginBounder(loaded.model, loaded.input_shape, torch.device("cpu"))
+    lirpa = MarginBounder(loaded.model, loaded.input_shape, torch.device("cpu"), hand_ibp=False)
+    assert hand.hand_ibp
+    images, labels = _images(loaded.input_shape, n=6), torch.arange(6)
+    for eps in (0.0, 0.02):
+        ours = hand.lower_bounds(images, labels, eps, BoundMethod.IBP)
+        theirs = lirpa.lower_bounds(images, labels, eps, BoundMethod.IBP)
+        scale = 1.0 + theirs.abs().max().item()
+        torch.testing.assert_close(ours, theirs, rtol=0.0, atol=2e-5 * scale)

@@ -214,3 +214,31 @@ def test_a_layer_called_twice_is_not_pruned() -> None:
     with torch.no_grad():
         model.first.bias[0] = -100.0  # dead, but its reader is also called elsewhere
     assert prune_dead_units(model, (4,)) is model
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_bundled_model_as_onnx_is_pruned_like_the_checkpoint(tmp_path, shared_data) -> None:
+    """Through `certify export` (dynamo exporter, a Reshape with a fixed feature count
+    before the dense layer): the same channels go, the Reshape's constant follows, and
+    the bounds stay."""
+    from certify.data import load_split
+    from model_zoo.onnx_loading import load_onnx
+    from training.export import export_onnx
+
+    path = export_onnx(EMBEDDED_MODEL, tmp_path / "bundled.onnx").path
+    loaded = load_onnx(path, input_shape=(1, 28, 28))
+    twin = prune_dead_units(loaded.model, (1, 28, 28))
+    reference = prune_dead_units(fold_batchnorm(load_checkpoint(EMBEDDED_MODEL).model), (1, 28, 28))
+
+    def widths(model: nn.Module) -> list[int]:
+        return [m.weight.shape[0] for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+    assert widths(twin) == widths(reference)
+    assert widths(twin) != widths(loaded.model)
+    data = load_split("mnist", shared_data, "test", 0, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(data.images), loaded.model(data.images), atol=1e-4, rtol=0)
+    spec = margin_matrix(data.labels, 10)
+    cut = IntervalNetwork(twin).bounds_only(data.images, 0.3, spec)
+    full = IntervalNetwork(loaded.model).bounds_only(data.images, 0.3, spec)
+    torch.testing.assert_close(cut[0], full[0], rtol=0.0, atol=1e-4)

@@ -21,7 +21,13 @@ ADD_TARGETS = (operator.add, operator.iadd, torch.add)
 
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, Normalize) or super().is_leaf_module(m, module_qualified_name)
+        # onnx2torch's operator modules stay whole: some branch on their constant
+        # inputs (Reshape's shape), which tracing into them cannot follow.
+        return (
+            isinstance(m, Normalize)
+            or type(m).__module__.startswith("onnx2torch.")
+            or super().is_leaf_module(m, module_qualified_name)
+        )
 
 
 def trace(model: nn.Module) -> fx.Graph:

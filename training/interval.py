@@ -174,7 +174,7 @@ class IntervalNetwork:
         for node in self.graph.nodes:
             if node.op == "call_module":
                 module = self.model.get_submodule(node.target)
-                if not isinstance(module, _LEAVES):
+                if not isinstance(module, _LEAVES) and _onnx_operator(module) is None:
                     bad.add(type(module).__name__)
         if bad:
             raise ModelError(
@@ -280,6 +280,9 @@ class _Run:
             return value
         if node.op == "call_module":
             module = self.model.get_submodule(node.target)
+            onnx_operator = _onnx_operator(module)
+            if onnx_operator is not None:
+                return _onnx_call(self, onnx_operator, args, kwargs)
             if node is self.final and self.spec is not None:
                 if not self.bounds_only:
                     self.logits = F.linear(args[0].x, module.weight, module.bias)
@@ -377,6 +380,40 @@ class _Run:
         if name == "mean" or name in _SHAPE_METHODS:
             return v.linear(lambda t: getattr(t, name)(*rest, **kwargs))
         raise ModelError(f"interval bounds do not support the tensor method {name}")
+
+
+def _onnx_operator(module: nn.Module) -> tuple[str, Callable] | None:
+    """What an onnx2torch operator module computes, for the ones the pass covers:
+    ("math", the torch function) or ("shape", the module's reshape); None otherwise."""
+    name = type(module).__name__
+    if not type(module).__module__.startswith("onnx2torch."):
+        return None
+    if name == "OnnxBinaryMathOperation" and getattr(module, "broadcast", None) != 1:
+        function = _ONNX_MATH.get(getattr(module.math_op_function, "__name__", ""))
+        return None if function is None else ("math", function)
+    if name in ("OnnxReshape", "OnnxFlatten"):
+        return "shape", module
+    return None
+
+
+def _onnx_call(run: _Run, operator_: tuple[str, Callable], args: tuple, kwargs: dict) -> Any:
+    kind, fn = operator_
+    if kind == "math":
+        return run._function(fn, args, kwargs)
+    if not isinstance(args[0], Bounds):
+        return fn(*args, **kwargs)
+    # A reshape moves values without mixing them: centre to centre, radius to radius.
+    return args[0].linear(lambda t: fn(t, *args[1:], **kwargs))
+
+
+# onnx2torch's element-wise operators by the name of the function they call (its
+# division is a private wrapper: float division for float tensors).
+_ONNX_MATH: dict[str, Callable] = {
+    "add": torch.add,
+    "sub": torch.sub,
+    "mul": torch.mul,
+    "_onnx_div": torch.div,
+}
 
 
 def _affine(
