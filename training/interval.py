@@ -15,7 +15,9 @@ tighter margin bounds than subtracting bounds of logits.
 
 Supported: Conv1d/Conv2d (any groups, padding mode), Linear, BatchNorm1d/2d, ReLU,
 Flatten and reshapes, average and max pooling, :class:`Normalize`, additions (residual
-joins) and products with constants. Anything else raises :class:`ModelError`.
+joins) and products with constants, and the same operations as onnx2torch writes them
+in converted ONNX graphs (Add, Sub, Mul, Div, Reshape, Flatten). Anything else raises
+:class:`ModelError`.
 """
 
 from __future__ import annotations
