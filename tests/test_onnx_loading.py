@@ -526,7 +526,14 @@ def test_onnx2torch_uses_a_real_torchvision_when_there_is_one(tmp_path: Path) ->
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 @pytest.mark.parametrize(
     ("name", "exporter"),
-    [("cnn", "legacy"), ("cnn", "dynamo"), ("residual", "legacy"), ("residual", "dynamo")],
+    [
+        ("cnn", "legacy"),
+        ("cnn", "dynamo"),
+        ("residual", "legacy"),
+        ("residual", "dynamo"),
+        ("mlp", "legacy"),
+        ("nhwc", "legacy"),
+    ],
 )
 def test_hand_ibp_covers_converted_models(exported: Exported, name: str, exporter: str) -> None:
     """onnx2torch's arithmetic and reshape modules are understood by the hand-written

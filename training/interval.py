@@ -16,8 +16,8 @@ tighter margin bounds than subtracting bounds of logits.
 Supported: Conv1d/Conv2d (any groups, padding mode), Linear, BatchNorm1d/2d, ReLU,
 Flatten and reshapes, average and max pooling, :class:`Normalize`, additions (residual
 joins) and products with constants, and the same operations as onnx2torch writes them
-in converted ONNX graphs (Add, Sub, Mul, Div, Reshape, Flatten). Anything else raises
-:class:`ModelError`.
+in converted ONNX graphs (Add, Sub, Mul, Div, Reshape, Flatten, Transpose). Anything
+else raises :class:`ModelError`.
 """
 
 from __future__ import annotations
@@ -386,14 +386,15 @@ class _Run:
 
 def _onnx_operator(module: nn.Module) -> tuple[str, Callable] | None:
     """What an onnx2torch operator module computes, for the ones the pass covers:
-    ("math", the torch function) or ("shape", the module's reshape); None otherwise."""
+    ("math", the torch function) or ("shape", the module, which only moves values);
+    None otherwise."""
     name = type(module).__name__
     if not type(module).__module__.startswith("onnx2torch."):
         return None
     if name == "OnnxBinaryMathOperation" and getattr(module, "broadcast", None) != 1:
         function = _ONNX_MATH.get(getattr(module.math_op_function, "__name__", ""))
         return None if function is None else ("math", function)
-    if name in ("OnnxReshape", "OnnxFlatten"):
+    if name in ("OnnxReshape", "OnnxFlatten", "OnnxTranspose"):
         return "shape", module
     return None
 
@@ -404,7 +405,8 @@ def _onnx_call(run: _Run, operator_: tuple[str, Callable], args: tuple, kwargs: 
         return run._function(fn, args, kwargs)
     if not isinstance(args[0], Bounds):
         return fn(*args, **kwargs)
-    # A reshape moves values without mixing them: centre to centre, radius to radius.
+    # Reshapes and transposes move values without mixing them: centre to centre,
+    # radius to radius.
     return args[0].linear(lambda t: fn(t, *args[1:], **kwargs))
 
 
