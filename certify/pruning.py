@@ -121,17 +121,10 @@ def _cut_at(node: fx.Node, model: nn.Module, bounds: dict) -> _Cut | None:
     if layer is None:
         return None
     after_conv = isinstance(layer, nn.Conv1d | nn.Conv2d)
-    flatten = consumer
-    consumer = _through_flatten(consumer, model, after_conv, bounds)
-    if consumer is None or _affine_module(consumer, model) is None:
+    reader = _through_flatten(consumer, model, after_conv, bounds)
+    if reader is None or _affine_module(reader[0], model) is None:
         return None
-    shape_constant = None
-    if flatten is not consumer and type(model.get_submodule(flatten.target)).__name__ == (
-        "OnnxReshape"
-    ):
-        shape_constant = _reshape_constant(flatten)
-        if shape_constant is None:
-            return None
+    consumer, shape_constant = reader
     upper = bounds[producer.name].upper[0].cpu()  # units of one image: (C, ...) or (F,)
     margin = _DEAD_MARGIN * (1.0 + upper.abs().max().item())
     dead = (upper < -margin).flatten(1).all(1) if upper.dim() > 1 else upper < -margin
@@ -165,13 +158,15 @@ def _affine_module(node: fx.Node, model: nn.Module) -> nn.Module | None:
 
 def _through_flatten(
     node: fx.Node, model: nn.Module, after_conv: bool, bounds: dict
-) -> fx.Node | None:
+) -> tuple[fx.Node, str | None] | None:
     """The layer that reads a ReLU's output: ``node`` itself, or after a flatten (a
     Flatten from dimension 1, or a converted ONNX Reshape or Flatten to one dimension
-    per image) that only a Linear reads."""
+    per image) that only a Linear reads; with the name of the Reshape's shape constant,
+    which must change with the channels."""
     if not after_conv or node.op != "call_module":
-        return node
+        return node, None
     module = model.get_submodule(node.target)
+    shape_constant = None
     if isinstance(module, nn.Flatten):
         if module.start_dim != 1 or module.end_dim != -1:
             return None
@@ -180,13 +175,17 @@ def _through_flatten(
         out = bounds.get(node.name)
         if out is None or out.center.dim() != 2 or out.center.shape[0] != 1:
             return None
+        if type(module).__name__ == "OnnxReshape":
+            shape_constant = _reshape_constant(node)
+            if shape_constant is None:
+                return None
     else:
-        return node
+        return node, None
     if len(node.users) != 1:
         return None
     reader = next(iter(node.users))
     if reader.op == "call_module" and isinstance(model.get_submodule(reader.target), nn.Linear):
-        return reader
+        return reader, shape_constant
     return None
 
 
@@ -204,15 +203,14 @@ def _apply(model: nn.Module, cut: _Cut) -> None:
     producer = model.get_submodule(cut.producer)
     consumer = model.get_submodule(cut.consumer)
     channels = producer.weight.shape[0]
-    _set_module(model, cut.producer, _keep_outputs(producer, cut.live))
-    _set_module(model, cut.consumer, _keep_inputs(consumer, cut.live, channels))
+    _set_attribute(model, cut.producer, _keep_outputs(producer, cut.live))
+    _set_attribute(model, cut.consumer, _keep_inputs(consumer, cut.live, channels))
     if cut.shape_constant is not None:
-        parent, _, name = cut.shape_constant.rpartition(".")
-        owner = model.get_submodule(parent) if parent else model
+        owner, name = _owner(model, cut.shape_constant)
         shape = getattr(owner, name).clone()
         if shape[-1] > 0:  # a count, not -1 (inferred) or 0 (copied)
             shape[-1] = shape[-1] // channels * len(cut.live)
-        setattr(owner, name, shape)
+        _set_attribute(model, cut.shape_constant, shape)
 
 
 def _keep_outputs(layer: nn.Module, live: Tensor) -> nn.Module:
@@ -243,6 +241,13 @@ def _keep_inputs(layer: nn.Module, live: Tensor, channels: int) -> nn.Module:
     return new
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The module that holds the dotted attribute ``name``, and its last part."""
     parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
+    return (model.get_submodule(parent) if parent else model), child
+
+
+def _set_attribute(model: nn.Module, name: str, value: nn.Module | Tensor) -> None:
+    """Replace a submodule or a buffer given by its dotted name."""
+    owner, child = _owner(model, name)
+    setattr(owner, child, value)
