@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from certify.errors import ModelError
+from certify.errors import ModelError, first_line
 from training.interval import IntervalNetwork, IntervalResult, PreActivation
 from training.losses import crown_ibp_mix
 
@@ -60,8 +60,7 @@ class CrownIBPBounder:
                     model, dummy, bound_opts={"conv_mode": "patches"}, device=device
                 )
             except Exception as exc:  # auto_LiRPA raises bare exceptions
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-                raise ModelError(f"auto_LiRPA cannot bound this model: {first}") from exc
+                raise ModelError(f"auto_LiRPA cannot bound this model: {first_line(exc)}") from exc
         self._batches = 0
         self.train(model.training)
 

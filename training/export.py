@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from certify.atomic_files import atomic_path
-from certify.errors import ModelError, UsageError
+from certify.errors import ModelError, UsageError, first_line
 from model_zoo.checkpoints import load_checkpoint
 from model_zoo.normalization import NormalizedModel
 
@@ -91,8 +91,7 @@ def _export(model: torch.nn.Module, shape: tuple[int, int, int], path: Path, ops
                 opset_version=opset,
             )
         except Exception as exc:  # the exporter raises many types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            raise ModelError(f"ONNX export failed: {first}") from exc
+            raise ModelError(f"ONNX export failed: {first_line(exc)}") from exc
 
 
 def _check(model: torch.nn.Module, path: Path, shape: tuple[int, int, int]) -> float:
