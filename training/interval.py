@@ -284,7 +284,7 @@ class _Run:
             module = self.model.get_submodule(node.target)
             onnx_operator = _onnx_operator(module)
             if onnx_operator is not None:
-                return _onnx_call(self, onnx_operator, args, kwargs)
+                return self._onnx(onnx_operator, args, kwargs)
             if node is self.final and self.spec is not None:
                 if not self.bounds_only:
                     self.logits = F.linear(args[0].x, module.weight, module.bias)
@@ -330,6 +330,16 @@ class _Run:
             raise ModelError("interval bounds in training do not support Dropout with p > 0")
         # Flatten, average pooling, Identity, inactive Dropout.
         return v.linear(module)
+
+    def _onnx(self, operator_: tuple[str, Callable], args: tuple, kwargs: dict) -> Any:
+        kind, fn = operator_
+        if kind == "math":
+            return self._function(fn, args, kwargs)
+        if not isinstance(args[0], Bounds):
+            return fn(*args, **kwargs)
+        # Reshapes and transposes move values without mixing them: centre to centre,
+        # radius to radius.
+        return args[0].linear(lambda t: fn(t, *args[1:], **kwargs))
 
     def _abs(self, weight: Tensor) -> Tensor:
         """|weight|, from the cache of bounds_only runs while the weight is unchanged."""
@@ -397,17 +407,6 @@ def _onnx_operator(module: nn.Module) -> tuple[str, Callable] | None:
     if name in ("OnnxReshape", "OnnxFlatten", "OnnxTranspose"):
         return "shape", module
     return None
-
-
-def _onnx_call(run: _Run, operator_: tuple[str, Callable], args: tuple, kwargs: dict) -> Any:
-    kind, fn = operator_
-    if kind == "math":
-        return run._function(fn, args, kwargs)
-    if not isinstance(args[0], Bounds):
-        return fn(*args, **kwargs)
-    # Reshapes and transposes move values without mixing them: centre to centre,
-    # radius to radius.
-    return args[0].linear(lambda t: fn(t, *args[1:], **kwargs))
 
 
 # onnx2torch's element-wise operators by the name of the function they call (its
