@@ -149,7 +149,7 @@ class MarginBounder:
     ) -> IntervalNetwork | None:
         """The hand-written IBP of the model if it covers every layer and gives
         auto_LiRPA's IBP bounds on a probe batch; otherwise None, and auto_LiRPA bounds
-        IBP too (converted ONNX graphs, custom layers)."""
+        IBP too (custom layers, operators the pass does not know)."""
         from training.interval import IntervalNetwork
 
         generator = torch.Generator().manual_seed(0)
