@@ -8,6 +8,13 @@ time, so that other processes on a shared machine do not distort the ratio. Like
 ``certify`` command, it first tunes the allocator to keep freed memory
 (``certify.allocator``).
 
+It then times the phases of the same steps (loss forward, backward, optimizer) and
+prints the floor that the exact method cannot go below on this machine: as in
+auto_LiRPA, the BatchNorm statistics of the clean pass carry gradient, so every layer
+runs three forwards and three backwards (clean values, centre, radius) where a clean
+step runs one of each; the floor counts each of the three as one clean forward and
+backward and adds one optimizer step.
+
     python benchmarks/train_speed.py --data-dir ../shared/data
     python benchmarks/train_speed.py --arch cnn --dataset cifar --batch-size 128
 """
@@ -17,9 +24,12 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from certify.allocator import keep_freed_memory
 from certify.data import load_split
@@ -30,47 +40,121 @@ from model_zoo.normalization import NormalizedModel
 from training.bounders import IBPBounder
 from training.data import Augmentation, Split, batches, epoch_length
 from training.init import ibp_init
-from training.loop import Method, StepConfig, train_epoch
+from training.loop import Meter, Method, StepConfig, chunk_loss, train_epoch
 from training.schedulers import EpsSchedule
 
 
-def _epoch_seconds(args: argparse.Namespace, method: Method, split: Split) -> float:
-    """Best of ``--repeats`` timings of epoch 2 of a run whose ramp spans epochs 1-3."""
-    spec = get_spec(args.dataset)
-    device = resolve_device(args.device)
-    torch.manual_seed(0)
-    model = NormalizedModel(
-        create_model(args.arch, spec.channels, spec.size, spec.num_classes), spec.mean, spec.std
-    )
-    if method is Method.FAST:
-        ibp_init(model)
-    model.to(device)
-    bounder = IBPBounder(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
-    length = epoch_length(len(split), args.batch_size)
-    # Clean training: the same loop with eps = 0 throughout (the ramp starts later).
-    start = 1 if method is Method.FAST else 10**6
-    schedule = EpsSchedule(args.eps, start=start, length=3, epoch_length=length)
-    step = StepConfig(method, max_eps=args.eps, num_classes=spec.num_classes)
-    times = []
-    # CPU time, not wall time, when on the CPU with one thread: other processes on a
-    # shared machine then do not distort the ratio.
-    clock = (
-        time.process_time
-        if device.type == "cpu" and torch.get_num_threads() == 1
-        else time.perf_counter
-    )
-    for _ in range(args.repeats):
+@dataclass
+class Phases:
+    """Mean seconds per step of each phase."""
+
+    forward: float  # the loss, bounds included
+    backward: float
+    optimizer: float  # gradient clipping and the Adam step
+
+    @property
+    def total(self) -> float:
+        return self.forward + self.backward + self.optimizer
+
+
+@dataclass
+class Measurement:
+    epoch: float  # best of --repeats
+    phases: Phases
+
+
+class _Setup:
+    """A fresh model, optimizer and schedule for one method, and the epoch's batches."""
+
+    def __init__(self, args: argparse.Namespace, method: Method, split: Split) -> None:
+        spec = get_spec(args.dataset)
+        self.device = resolve_device(args.device)
+        torch.manual_seed(0)
+        self.model = NormalizedModel(
+            create_model(args.arch, spec.channels, spec.size, spec.num_classes),
+            spec.mean,
+            spec.std,
+        )
+        if method is Method.FAST:
+            ibp_init(self.model)
+        self.model.to(self.device)
+        self.bounder = IBPBounder(self.model)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=5e-4)
+        length = epoch_length(len(split), args.batch_size)
+        # Clean training: the same loop with eps = 0 throughout (the ramp starts later).
+        start = 1 if method is Method.FAST else 10**6
+        self.schedule = EpsSchedule(args.eps, start=start, length=3, epoch_length=length)
+        self.step = StepConfig(method, max_eps=args.eps, num_classes=spec.num_classes)
         generator = torch.Generator().manual_seed(0)
-        data = list(batches(split, args.batch_size, generator, Augmentation()))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        self.data = list(batches(split, args.batch_size, generator, Augmentation()))
+
+    def clock(self) -> Callable[[], float]:
+        # CPU time, not wall time, when on the CPU with one thread: other processes on
+        # a shared machine then do not distort the ratio.
+        if self.device.type == "cpu" and torch.get_num_threads() == 1:
+            return time.process_time
+        return time.perf_counter
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+# Epoch 2 of a run whose ramp spans epochs 1-3: eps > 0 and the regularizers on.
+_EPOCH = 2
+
+
+def _measure(args: argparse.Namespace, method: Method, split: Split) -> Measurement:
+    setup = _Setup(args, method, split)
+    clock = setup.clock()
+    times = []
+    for _ in range(args.repeats):
+        setup.sync()
         t0 = clock()
-        train_epoch(model, bounder, optimizer, data, schedule, 2, step, device)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        train_epoch(
+            setup.model,
+            setup.bounder,
+            setup.optimizer,
+            setup.data,
+            setup.schedule,
+            _EPOCH,
+            setup.step,
+            setup.device,
+        )
+        setup.sync()
         times.append(clock() - t0)
-    return min(times)
+    return Measurement(min(times), _phases(setup))
+
+
+def _phases(setup: _Setup) -> Phases:
+    """One more pass over the epoch's batches, the same steps as ``train_epoch``'s,
+    timed phase by phase."""
+    clock = setup.clock()
+    regularize = setup.step.method is Method.FAST
+    params = list(setup.model.parameters())
+    sums = [0.0, 0.0, 0.0]
+    setup.bounder.train(True)
+    for index, (x, y) in enumerate(setup.data):
+        eps = setup.schedule.eps(_EPOCH, index)
+        x, y = x.to(setup.device), y.to(setup.device)
+        setup.optimizer.zero_grad(set_to_none=True)
+        marks = [clock()]
+        loss: Tensor = chunk_loss(
+            setup.model, setup.bounder, x, y, eps, regularize, setup.step, Meter()
+        )
+        setup.sync()
+        marks.append(clock())
+        loss.backward()
+        setup.sync()
+        marks.append(clock())
+        torch.nn.utils.clip_grad_norm_(params, max_norm=setup.step.grad_clip)
+        setup.optimizer.step()
+        setup.sync()
+        marks.append(clock())
+        for i in range(3):
+            sums[i] += marks[i + 1] - marks[i]
+    steps = len(setup.data)
+    return Phases(*(s / steps for s in sums))
 
 
 def main() -> None:
@@ -99,16 +183,32 @@ def main() -> None:
 
     data = load_split(args.dataset, args.data_dir, "train", 0, args.num_train)
     split = Split(data.images, data.labels)
-    clean = _epoch_seconds(args, Method.VANILLA, split)
-    fast = _epoch_seconds(args, Method.FAST, split)
+    clean = _measure(args, Method.VANILLA, split)
+    fast = _measure(args, Method.FAST, split)
     device = resolve_device(args.device)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(f"machine: {describe_device(device)} ({machine}), torch {torch.__version__}")
     print(f"{args.arch} on {len(split)} {args.dataset} images, batch {args.batch_size}")
     clock = "CPU" if device.type == "cpu" and torch.get_num_threads() == 1 else "wall"
-    print(f"clean epoch: {clean:.2f} s ({clock} time, best of {args.repeats})")
-    print(f"fast epoch (eps > 0, regularizers on): {fast:.2f} s")
-    print(f"ratio: {fast / clean:.2f}x (target <= 2.5x)")
+    print(f"clean epoch: {clean.epoch:.2f} s ({clock} time, best of {args.repeats})")
+    print(f"fast epoch (eps > 0, regularizers on): {fast.epoch:.2f} s")
+    print(f"ratio: {fast.epoch / clean.epoch:.2f}x (target <= 2.5x)")
+    c, f = clean.phases, fast.phases
+    print("per step, ms      forward  backward  optimizer  total")
+    for name, p in (("clean", c), ("fast", f)):
+        print(
+            f"  {name:<15}{p.forward * 1e3:8.1f}{p.backward * 1e3:10.1f}"
+            f"{p.optimizer * 1e3:11.1f}{p.total * 1e3:7.1f}"
+        )
+    print(
+        f"  fast / clean   {f.forward / c.forward:7.2f}x{f.backward / c.backward:9.2f}x"
+        f"{f.optimizer / c.optimizer:10.2f}x{f.total / c.total:6.2f}x"
+    )
+    floor = (3 * (c.forward + c.backward) + c.optimizer) / c.total
+    print(
+        f"floor of the exact method: {floor:.2f}x (three clean forwards and backwards, "
+        "one optimizer step)"
+    )
 
 
 if __name__ == "__main__":

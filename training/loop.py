@@ -130,7 +130,7 @@ def train_epoch(
         for xc, yc in chunks:
             if len(yc) == 0:
                 continue
-            loss = _chunk_loss(model, bounder, xc, yc, eps, regularize, config, meter)
+            loss = chunk_loss(model, bounder, xc, yc, eps, regularize, config, meter)
             if shard.world_size == 1:
                 _check_finite("the loss", loss, epoch, index)
             (loss * len(yc) / total).backward()
@@ -187,7 +187,7 @@ def _check_finite(what: str, value: Tensor, epoch: int, index: int) -> None:
         )
 
 
-def _chunk_loss(
+def chunk_loss(
     model: nn.Module,
     bounder: IBPBounder | CrownIBPBounder,
     x: Tensor,
@@ -197,6 +197,9 @@ def _chunk_loss(
     config: StepConfig,
     meter: Meter,
 ) -> Tensor:
+    """The training loss of one chunk of a batch at ``eps`` (clean cross-entropy at
+    eps = 0 without regularizers, else from the bounder's bounds, plus the warmup
+    regularizers when ``regularize``); adds the chunk's statistics to ``meter``."""
     n = len(y)
     if eps <= 0 and not regularize:
         logits = model(x)
