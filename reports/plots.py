@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from certify.errors import UsageError
+from reports.csv_input import read_string_csv
 from training.log_csv import COLUMNS, LOG_NAME
 
 
@@ -74,20 +75,8 @@ def read_log(run_dir: str | Path) -> pd.DataFrame:
     run_dir = Path(run_dir)
     path = run_dir / LOG_NAME if run_dir.is_dir() else run_dir
     if not path.is_file():
-        raise UsageError(
-            f"no training log: {path} does not exist; give a `certify train` run folder"
-        )
-    if path.stat().st_size == 0:
-        raise UsageError(f"training log {path} is empty")
-    try:
-        log = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read training log {path}: {type(exc).__name__}") from None
-    missing = [c for c in NEEDED if c not in log.columns]
-    if missing:
-        raise UsageError(f"{path} is not a certify training log: it lacks {', '.join(missing)}")
-    if log.empty:
-        raise UsageError(f"training log {path} has no epochs yet")
+        raise UsageError(f"training log {path} does not exist; give a `certify train` run folder")
+    log = read_string_csv(path, "training log", NEEDED, no_rows="has no epochs yet")
     numeric = log[[c for c in COLUMNS if c in log.columns]].apply(pd.to_numeric, errors="coerce")
     return numeric.sort_values("epoch")
 

@@ -24,7 +24,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from certify.eps import parse_eps
-from certify.errors import CertifyError, UsageError, first_line
+from certify.errors import CertifyError, UsageError
+from reports.csv_input import read_string_csv
 
 # The columns a results file must have for us to build the table from it.
 REQUIRED_COLUMNS = (
@@ -86,21 +87,7 @@ def read_results(paths: Sequence[str | Path]) -> pd.DataFrame:
 def _read_one(path: Path) -> pd.DataFrame:
     if path.is_dir():
         raise UsageError(f"{path} is a folder; give its results CSV, e.g. {path / 'results.csv'}")
-    if not path.is_file():
-        raise UsageError(f"results file {path} does not exist")
-    if path.stat().st_size == 0:
-        raise UsageError(f"results file {path} is empty; expected rows of `certify eval --out`")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read results file {path}: {first_line(exc)}") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing:
-        raise UsageError(
-            f"{path} is not a certify results file: it lacks the columns {', '.join(missing)}"
-        )
-    if frame.empty:
-        raise UsageError(f"results file {path} has a header but no rows")
+    frame = read_string_csv(path, "results file", REQUIRED_COLUMNS)
     frame = _typed(frame, path)
     frame["model"] = _qualified_models(frame["model"], path)
     frame["source"] = str(path)
