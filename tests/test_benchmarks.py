@@ -1,6 +1,6 @@
-"""The training benchmark still runs end to end, on a few real MNIST images: it is not
-part of the tests' figures (those come from full runs, see the README), but a renamed
-function or a broken import would otherwise only show when someone next measures."""
+"""The training benchmarks still run end to end, on a few real images: their figures come
+from full runs (see the README), but a renamed function or a broken import would
+otherwise only show when someone next measures."""
 
 from __future__ import annotations
 
@@ -18,17 +18,23 @@ def _figure(pattern: str, text: str) -> float:
     return float(match.group(1))
 
 
-def test_train_speed_prints_ratio_phases_and_floor(shared_data: Path) -> None:
+def _run_benchmark(script: str, *args: str) -> str:
     run = subprocess.run(
-        [sys.executable, "benchmarks/train_speed.py", "--data-dir", str(shared_data)]
-        + ["--num-train", "256", "--batch-size", "64", "--repeats", "1"],
+        [sys.executable, f"benchmarks/{script}", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert run.returncode == 0, run.stderr
-    out = run.stdout
+    return run.stdout
+
+
+def test_train_speed_prints_ratio_phases_and_floor(shared_data: Path) -> None:
+    out = _run_benchmark(
+        "train_speed.py", "--data-dir", str(shared_data),
+        "--num-train", "256", "--batch-size", "64", "--repeats", "1",
+    )  # fmt: skip
     assert "cnn_4layer on 256 mnist images, batch 64" in out
     # A fast step runs three passes of every layer against one: well above 1.5x.
     assert _figure(r"ratio: ([\d.]+)x", out) > 1.5
@@ -37,3 +43,21 @@ def test_train_speed_prints_ratio_phases_and_floor(shared_data: Path) -> None:
     # Three clean passes plus one optimizer step, over one clean step: between 2 and 3
     # as long as the optimizer takes less than half a clean step.
     assert 2.0 < _figure(r"floor of the exact method: ([\d.]+)x", out) < 3.0
+
+
+def test_short_warmup_trains_both_methods_on_real_cifar(shared_data: Path) -> None:
+    out = _run_benchmark(
+        "short_warmup.py", "--data-dir", str(shared_data), "--dataset", "cifar",
+        "--eps", "2/255", "--num-train", "800", "--epochs", "2", "--warmup", "1",
+        "--milestones", "--threads", "1",
+    )  # fmt: skip
+    assert "cifar 300 train / 500 val" in out
+    assert "test: 846 images at eps 0.00784314" in out
+    for method in ("fast", "vanilla"):
+        row = re.search(rf"^{method}\s+(\d+)\s+([\d.]+)%\s+([\d.]+)%\s+([\d.]+)%", out, re.M)
+        assert row, f"no {method} row in:\n{out}"
+        best_epoch, *errors = row.groups()
+        assert best_epoch in ("1", "2")
+        # Verified error can never be below clean error: a verified image is classified right.
+        val_verified, clean, verified = map(float, errors)
+        assert 0 <= clean <= verified <= 100 and 0 <= val_verified <= 100
