@@ -29,6 +29,7 @@ from certify.devices import describe_device, resolve_device
 from certify.eval_run import EMBEDDED_MODEL
 from model_zoo import create_model
 from model_zoo.checkpoints import load_checkpoint
+from training.interval import IntervalNetwork
 
 
 def _best_time(fn: Callable[[], None], repeats: int, device: torch.device) -> float:
@@ -54,19 +55,11 @@ def _model(args: argparse.Namespace) -> torch.nn.Module:
     return create_model(args.arch, spec.channels, spec.size, spec.num_classes)
 
 
+@torch.no_grad()
 def _relu_units(model: torch.nn.Module, x: torch.Tensor) -> int:
-    """Units (channels x positions) of every ReLU of ``model`` on input ``x``."""
-    sizes: list[int] = []
-    hooks = [
-        m.register_forward_hook(lambda _m, _i, out: sizes.append(out[0].numel()))
-        for m in model.modules()
-        if isinstance(m, torch.nn.ReLU)
-    ]
-    with torch.no_grad():
-        model(x)
-    for hook in hooks:
-        hook.remove()
-    return sum(sizes)
+    """Units (channels x positions) of every ReLU of ``model`` on one image ``x``, as
+    the interval pass meets them (functional ReLUs included)."""
+    return sum(p.lower[0].numel() for p in IntervalNetwork(model)(x, 0.0).pre_relu)
 
 
 def main() -> None:

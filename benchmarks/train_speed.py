@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from certify.allocator import keep_freed_memory
 from certify.data import load_split
@@ -133,7 +132,8 @@ def _phases(setup: _Setup) -> Phases:
     """A pass over the epoch's batches, the same steps as ``train_epoch``'s, timed
     phase by phase."""
     clock = setup.clock()
-    regularize = setup.step.method is Method.FAST
+    # As train_epoch decides it.
+    regularize = setup.step.method is Method.FAST and setup.schedule.last_warmup_epoch >= _EPOCH
     params = list(setup.model.parameters())
     sums = [0.0, 0.0, 0.0]
     setup.bounder.train(True)
@@ -142,9 +142,7 @@ def _phases(setup: _Setup) -> Phases:
         x, y = x.to(setup.device), y.to(setup.device)
         setup.optimizer.zero_grad(set_to_none=True)
         marks = [clock()]
-        loss: Tensor = chunk_loss(
-            setup.model, setup.bounder, x, y, eps, regularize, setup.step, Meter()
-        )
+        loss = chunk_loss(setup.model, setup.bounder, x, y, eps, regularize, setup.step, Meter())
         setup.sync()
         marks.append(clock())
         loss.backward()

@@ -14,13 +14,18 @@ from certify.errors import UsageError, first_line
 
 
 def read_string_csv(
-    path: Path, kind: str, required: Sequence[str], no_rows: str = "has a header but no rows"
+    path: Path,
+    kind: str,
+    required: Sequence[str],
+    no_rows: str = "has a header but no rows",
+    missing_hint: str = "",
 ) -> pd.DataFrame:
     """The rows of ``path`` (``kind`` names it in errors, e.g. "training log"), with
-    empty cells as empty strings; the file must exist, parse, have the ``required``
-    columns and at least one row (``no_rows`` says what it means when it has none)."""
+    empty cells as empty strings; the file must exist (``missing_hint`` says what to
+    give instead), parse, have the ``required`` columns and at least one row
+    (``no_rows`` says what it means when it has none)."""
     if not path.is_file():
-        raise UsageError(f"{kind} {path} does not exist")
+        raise UsageError(f"{kind} {path} does not exist{missing_hint}")
     if path.stat().st_size == 0:
         raise UsageError(f"{kind} {path} is empty")
     try:

@@ -74,9 +74,13 @@ def read_log(run_dir: str | Path) -> pd.DataFrame:
     """
     run_dir = Path(run_dir)
     path = run_dir / LOG_NAME if run_dir.is_dir() else run_dir
-    if not path.is_file():
-        raise UsageError(f"training log {path} does not exist; give a `certify train` run folder")
-    log = read_string_csv(path, "training log", NEEDED, no_rows="has no epochs yet")
+    log = read_string_csv(
+        path,
+        "training log",
+        NEEDED,
+        no_rows="has no epochs yet",
+        missing_hint="; give a `certify train` run folder",
+    )
     numeric = log[[c for c in COLUMNS if c in log.columns]].apply(pd.to_numeric, errors="coerce")
     return numeric.sort_values("epoch")
 
