@@ -185,6 +185,16 @@ def test_regularizer_weight() -> None:
 # --- losses ------------------------------------------------------------------------
 
 
+def test_margin_matrix_rows() -> None:
+    """Rows e_y - e_j for every other class j, in class order (the true class is the
+    robust loss's index 0)."""
+    spec = margin_matrix(torch.tensor([1, 0]), 3)
+    assert spec.tolist() == [
+        [[-1.0, 1.0, 0.0], [0.0, 1.0, -1.0]],
+        [[1.0, -1.0, 0.0], [1.0, 0.0, -1.0]],
+    ]
+
+
 def test_robust_cross_entropy_hand_computed() -> None:
     lower = torch.tensor([[1.0, 2.0]])
     expected = math.log(1 + math.exp(-1) + math.exp(-2))
