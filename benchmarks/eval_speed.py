@@ -5,7 +5,7 @@ CROWN-IBP margin bounds of the same model over the same batches, and prints the
 ratios with the machine they were measured on. Target: IBP <= 2.5x the clean pass.
 The clean pass is the model as loaded (BatchNorm not folded), as a user would run it.
 Like the ``certify`` command, it first tunes the allocator to keep freed memory
-(``certify.allocator``); ``--system-malloc`` measures without that.
+(``certify.core.allocator``); ``--system-malloc`` measures without that.
 
     python benchmarks/eval_speed.py --data-dir ../shared/data
     python benchmarks/eval_speed.py --arch cnn --dataset cifar --data-dir ../shared/data
@@ -21,15 +21,15 @@ from pathlib import Path
 
 import torch
 
-from certify.allocator import keep_freed_memory
-from certify.bounds import BoundMethod, MarginBounder, parse_methods
+from certify.bounds.interval import IntervalNetwork
+from certify.bounds.margins import BoundMethod, MarginBounder, parse_methods
+from certify.core.allocator import keep_freed_memory
+from certify.core.datasets import get_spec
+from certify.core.devices import describe_device, resolve_device
 from certify.data import load_split
-from certify.datasets import get_spec
-from certify.devices import describe_device, resolve_device
-from certify.eval_run import EMBEDDED_MODEL
+from certify.pipeline.embedded import EMBEDDED_MODEL
 from model_zoo import create_model
-from model_zoo.checkpoints import load_checkpoint
-from training.interval import IntervalNetwork
+from model_zoo.checkpoint import load_checkpoint
 
 
 def _best_time(fn: Callable[[], None], repeats: int, device: torch.device) -> float:

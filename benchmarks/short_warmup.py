@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
+from certify.bounds.interval import IntervalNetwork
+from certify.core.datasets import get_spec
+from certify.core.eps import parse_eps
 from certify.data import load_split
-from certify.datasets import get_spec
-from certify.eps import parse_eps
-from model_zoo.checkpoints import load_checkpoint
+from model_zoo.checkpoint import load_checkpoint
 from training.config import TrainConfig
-from training.interval import IntervalNetwork
 from training.loop import Method, evaluate_split
 from training.presets import preset_values
 from training.run import train

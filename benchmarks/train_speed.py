@@ -6,7 +6,7 @@ epoch) and for one epoch of clean training through the same loop, and prints the
 with the machine it was measured on. Target: <= 2.5x. By default one thread and CPU
 time, so that other processes on a shared machine do not distort the ratio. Like the
 ``certify`` command, it first tunes the allocator to keep freed memory
-(``certify.allocator``).
+(``certify.core.allocator``).
 
 It then times the phases of the same steps (loss forward, backward, optimizer) and
 prints the floor that the exact method cannot go below on this machine: as in
@@ -30,13 +30,13 @@ from pathlib import Path
 
 import torch
 
-from certify.allocator import keep_freed_memory
+from certify.bounds.training_bounders import IBPBounder
+from certify.core.allocator import keep_freed_memory
+from certify.core.datasets import get_spec
+from certify.core.devices import describe_device, resolve_device
 from certify.data import load_split
-from certify.datasets import get_spec
-from certify.devices import describe_device, resolve_device
 from model_zoo import create_model
 from model_zoo.normalization import NormalizedModel
-from training.bounders import IBPBounder
 from training.data import Augmentation, Split, batches, epoch_length
 from training.init import ibp_init
 from training.loop import Meter, Method, StepConfig, chunk_loss, train_epoch

@@ -1,9 +1,44 @@
 """certify: certified robustness of image classifiers.
 
-The package is split by job: ``certify`` holds the evaluation library and the CLI,
-``model_zoo`` the architectures and model loading, ``training`` certified training and
-``reports`` the writers of tables and CSV files. Importing ``certify`` is cheap and
-changes no global settings; the heavy modules are imported where they are used.
+The Python verbs, as the CLI runs them::
+
+    import certify
+
+    result = certify.evaluate("best.pth", data_dir="~/data")   # -> certify.EvalResult
+    run = certify.train(certify.TrainConfig(dataset="mnist", data_dir="~/data", out_dir="r"))
+
+The code is layered, each layer importing only those below it: ``certify.core``
+(errors, eps, data set specs, devices, files), ``model_zoo`` (architectures, checkpoint
+and ONNX loading), ``certify.data`` (data set readers), ``certify.bounds`` (interval and
+auto_LiRPA bounds), ``certify.evaluation`` (PGD and per-image outcomes), ``reports``
+(CSV rows, tables, plots), ``certify.pipeline`` (``evaluate``), ``training`` (``train``)
+and the CLI (``certify.cli``, ``certify.commands``). This module is the roof over all of
+them: it names the verbs and imports each only when it is first used, so that importing
+``certify`` or ``certify.core`` stays cheap and changes no global settings.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+# name -> the module that defines it; imported on first use (PEP 562).
+_VERBS = {
+    "evaluate": "certify.pipeline.evaluate",
+    "EvalResult": "certify.pipeline.result",
+    "train": "training.run",
+    "TrainConfig": "training.config",
+    "TrainResult": "training.run",
+}
+
+__all__ = ["EvalResult", "TrainConfig", "TrainResult", "__version__", "evaluate", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _VERBS:
+        raise AttributeError(f"module 'certify' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_VERBS[name]), name)
+    globals()[name] = value
+    return value

@@ -1,8 +1,9 @@
 """The ``certify`` command line: a thin click layer over the library.
 
-Each command parses and validates its options, calls library functions and renders
-their results. Library errors (:class:`certify.errors.CertifyError`) become a one-line
-message and a non-zero exit code here, and nowhere else.
+Each command parses its options, calls library functions and renders their results.
+Library errors (:class:`certify.core.errors.CertifyError`) become a one-line message
+that names the flag at fault and a non-zero exit code here (see
+:mod:`certify.commands.base`), and nowhere else.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import sys
 
 import click
 
-from certify.allocator import keep_freed_memory
-from certify.errors import CertifyError
+from certify.core.allocator import keep_freed_memory
+from certify.core.errors import CertifyError
 
 
 class _Group(click.Group):
-    """Turns library errors into one-line messages with exit code 1."""
+    """Turns library errors that escape a command (raised while its options are parsed)
+    into one-line messages with exit code 1."""
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
@@ -37,7 +39,7 @@ def cli(verbose: int) -> None:
 
 def main() -> None:
     # Evaluation and training allocate many activation-sized tensors: keep freed
-    # memory for reuse instead of paying page faults for each (see certify.allocator).
+    # memory for reuse instead of paying page faults for each (see certify.core.allocator).
     keep_freed_memory()
     cli(prog_name="certify")
 

@@ -1,8 +1,8 @@
 """One entry point for every model file certify can evaluate.
 
 ``load_model`` picks the reader by file suffix: ``.onnx`` files go through
-:mod:`model_zoo.onnx_loading`, everything else is read as a PyTorch checkpoint by
-:mod:`model_zoo.checkpoints`. Either way the result takes pixel images in [0, 1].
+:mod:`model_zoo.onnx.loading`, everything else is read as a PyTorch checkpoint by
+:mod:`model_zoo.checkpoint`. Either way the result takes pixel images in [0, 1].
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from certify.datasets import Dataset, get_spec
-from certify.errors import CheckpointError, UsageError
-from model_zoo.checkpoints import LoadedModel, load_checkpoint
+from certify.core.datasets import Dataset, get_spec
+from certify.core.errors import CheckpointError, UsageError
+from model_zoo.checkpoint import load_checkpoint
+from model_zoo.loaded import LoadedModel
 
 
 def load_model(
@@ -33,7 +34,8 @@ def load_model(
         return _load_onnx(path, arch, dataset, num_classes, mean, std)
     if mean is not None:
         raise UsageError(
-            "--mean/--std apply to ONNX models only; checkpoints carry or imply their normalization"
+            "applies to ONNX models only; checkpoints carry or imply their normalization",
+            param="mean",
         )
     return load_checkpoint(
         path, arch=arch, dataset=dataset.value if dataset else None, num_classes=num_classes
@@ -48,12 +50,17 @@ def _load_onnx(
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
 ) -> LoadedModel:
-    from model_zoo.onnx_loading import load_onnx
+    from model_zoo.onnx.loading import load_onnx
 
     if arch is not None:
-        raise UsageError("--arch applies to checkpoints; an ONNX file carries its architecture")
+        raise UsageError(
+            "applies to checkpoints; an ONNX file carries its architecture", param="arch"
+        )
     if dataset is None:
-        raise UsageError(f"{path.name} is an ONNX model: pass --dataset so its input is known")
+        raise UsageError(
+            f"{path.name} is an ONNX model: give its data set so its input is known",
+            param="dataset",
+        )
     spec = get_spec(dataset)
     loaded = load_onnx(path, mean=mean, std=std, input_shape=spec.input_shape)
     return LoadedModel(

@@ -21,7 +21,7 @@ from typing import Any, TypeVar, overload
 
 from torch import nn
 
-from certify.errors import ModelError
+from certify.core.errors import ModelError
 
 EntryFn = Callable[..., nn.Module]
 F = TypeVar("F", bound=EntryFn)
@@ -117,7 +117,9 @@ def canonical_name(name: str) -> str:
     folded.update({k.lower(): v for k, v in _ALIASES.items()})
     if name.lower() in folded:
         return folded[name.lower()]
-    raise ModelError(f"unknown architecture {name!r}: use one of {', '.join(list_models())}")
+    raise ModelError(
+        f"unknown architecture {name!r}: use one of {', '.join(list_models())}", param="arch"
+    )
 
 
 def get_entry(name: str) -> ModelEntry:

@@ -1,22 +1,23 @@
-"""CSV reports of evaluations: one row per (model, data set, eps, method), appended to
-a results file, and one row per image for ``--per-sample``.
+"""The rows of an evaluation's CSV files: one row per (model, data set, eps, method),
+appended to a results file, and one row per image in a per-image file.
 
-Appending re-writes the whole file atomically, so an interrupted run leaves the old
-file intact, and refuses a file whose columns differ from ours.
+The files are written by :mod:`certify.core.csv_files`: atomically, and a results file
+is appended to only when its columns are ours. :func:`check_result_files` makes sure,
+before an evaluation starts, that both files can be written.
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from certify.atomic_files import atomic_write_text
-from certify.bounds import BoundMethod
-from certify.errors import UsageError
-from certify.evaluation import EvalSummary, SampleOutcomes
+from certify.bounds.bounder import BoundMethod
+from certify.core.csv_files import check_appendable
+from certify.core.errors import UsageError
+from certify.evaluation.outcomes import EvalSummary, SampleOutcomes
 
 EVAL_COLUMNS = (
     "model",
@@ -38,65 +39,6 @@ EVAL_COLUMNS = (
     "certify",
     "date",
 )
-
-
-def read_rows(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
-    """Header and rows of an existing CSV file."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            return list(reader.fieldnames or []), rows
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise UsageError(f"cannot read CSV {path}: {exc}") from None
-
-
-def check_appendable(path: str | Path, columns: Sequence[str]) -> None:
-    """Raise before any work is done if ``path`` exists with other columns."""
-    path = Path(path)
-    if path.exists() and path.stat().st_size > 0:
-        header, _ = read_rows(path)
-        if header != list(columns):
-            missing = [c for c in columns if c not in header]
-            extra = [c for c in header if c not in columns]
-            raise UsageError(
-                f"{path} has other columns than certify writes (missing {missing}, "
-                f"unexpected {extra}); choose another --out file"
-            )
-
-
-def append_rows(
-    path: str | Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
-) -> None:
-    """Append rows to a CSV file (created with a header if absent), atomically."""
-    path = Path(path)
-    check_appendable(path, columns)
-    old = path.read_text(encoding="utf-8") if path.exists() and path.stat().st_size else ""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
-    if not old:
-        writer.writeheader()
-    elif not old.endswith("\n"):
-        buf.write("\n")
-    for row in rows:
-        writer.writerow({c: _cell(row.get(c, "")) for c in columns})
-    atomic_write_text(path, old + buf.getvalue())
-
-
-def write_rows(path: str | Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
-    """Write a fresh CSV file atomically."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({c: _cell(row.get(c, "")) for c in columns})
-    atomic_write_text(path, buf.getvalue())
-
-
-def _cell(value: Any) -> Any:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return value
 
 
 def summary_rows(meta: Mapping[str, Any], summary: EvalSummary) -> list[dict[str, Any]]:
@@ -140,3 +82,33 @@ def sample_rows(outcomes: SampleOutcomes) -> list[dict[str, Any]]:
     return [
         dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
     ]
+
+
+def check_result_files(out: Path | None, per_sample: Path | None) -> None:
+    """Fail before any work if a results file (``out``) or a per-image file could not be
+    written; a results file must have our columns."""
+    if out and per_sample and out.resolve() == per_sample.resolve():
+        raise UsageError(
+            "`out` and `per_sample` name the same file; give two files", param="per_sample"
+        )
+    for path, param in ((out, "out"), (per_sample, "per_sample")):
+        if path is None:
+            continue
+        folder = path.parent
+        if not folder.is_dir():
+            raise UsageError(f"cannot write {path}: folder {folder} does not exist", param=param)
+        if not _writable(folder) or (path.exists() and not os.access(path, os.W_OK)):
+            raise UsageError(
+                f"cannot write {path}: the folder is not writable; choose another", param=param
+            )
+    if out is not None:
+        check_appendable(out, EVAL_COLUMNS, param="out")
+
+
+def _writable(folder: Path) -> bool:
+    """Try it: os.access says yes for root on read-only file systems such as /proc."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False

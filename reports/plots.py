@@ -1,6 +1,6 @@
 """Training curves of `certify train` runs as a PNG: the library behind ``certify plot``.
 
-Each run folder holds ``train_log.csv`` (columns in :data:`training.log_csv.COLUMNS`, one
+Each run folder holds ``train_log.csv`` (columns in :data:`reports.training_log.COLUMNS`, one
 row per epoch). :func:`plot_runs` draws the eps schedule, the loss, both warmup
 regularizers, clean and verified error on the training and validation data, and the
 shares of active and inactive ReLUs, with one colour per run, and returns PNG bytes.
@@ -22,9 +22,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from certify.errors import UsageError
-from reports.csv_input import read_string_csv
-from training.log_csv import COLUMNS, LOG_NAME
+from certify.core.csv_files import read_csv_file
+from certify.core.errors import UsageError
+from reports.training_log import COLUMNS, LOG_NAME
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def read_log(run_dir: str | Path) -> pd.DataFrame:
     """
     run_dir = Path(run_dir)
     path = run_dir / LOG_NAME if run_dir.is_dir() else run_dir
-    log = read_string_csv(
+    log = read_csv_file(
         path,
         "training log",
         NEEDED,

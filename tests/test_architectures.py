@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from certify.errors import ModelError
+from certify.core.errors import ModelError
 from model_zoo import create_model, list_models
 from model_zoo.registry import canonical_name, register_model
 from tests.networks import SMALL_OPTIONS
@@ -265,7 +265,7 @@ def test_strict_state_dict_round_trip(name):
 @pytest.mark.parametrize("size", ["mnist", "cifar"])
 @pytest.mark.parametrize("name", list_models())
 def test_auto_lirpa_bounds_every_architecture(name, size):
-    from certify.compat.lirpa import load_auto_lirpa
+    from certify.bounds.lirpa_compat import load_auto_lirpa
 
     lirpa = load_auto_lirpa()
     c, d, k = SIZES[size]

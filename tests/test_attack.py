@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from certify.attack import PGDConfig, pgd_attack
+from certify.evaluation.attack import PGDConfig, pgd_attack
 
 
 def _linear_model() -> nn.Module:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from certify.bounds import BoundMethod, MarginBounder, margin_matrix
+from certify.bounds.margins import BoundMethod, MarginBounder, margin_matrix
 from model_zoo.normalization import NormalizedModel
 from tests.networks import Residual
 
@@ -114,7 +114,7 @@ def test_margin_matrix_rows() -> None:
 
 
 def test_dilated_convolutions_are_refused() -> None:
-    from certify.errors import ModelError
+    from certify.core.errors import ModelError
 
     model = nn.Sequential(nn.Conv2d(1, 2, 3, dilation=2), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
     with pytest.raises(ModelError, match="dilated convolutions"):
@@ -126,8 +126,8 @@ def test_crown_bounds_of_an_image_do_not_depend_on_its_batch() -> None:
     CROWN bound then changed with --crown-batch-size (image 917 of the bundled data: a
     margin bound of 3.28 alone, 2.55 in its batch of 32)."""
     from certify.data import load_split
-    from certify.eval_run import EMBEDDED_DIR, EMBEDDED_MODEL
-    from model_zoo.checkpoints import load_checkpoint
+    from certify.pipeline.embedded import EMBEDDED_DIR, EMBEDDED_MODEL
+    from model_zoo.checkpoint import load_checkpoint
 
     model = load_checkpoint(EMBEDDED_MODEL).model
     data = load_split("mnist", EMBEDDED_DIR / "data", "test", 896, 32)

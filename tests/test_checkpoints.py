@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from certify.datasets import get_spec
-from certify.errors import CheckpointError, ModelError
+from certify.core.datasets import get_spec
+from certify.core.errors import CheckpointError, ModelError
 from model_zoo import create_model, list_models
-from model_zoo.checkpoints import (
+from model_zoo.checkpoint import (
     CTRAIN_NORMALIZATION,
     FORMAT_VERSION,
     LoadedModel,
@@ -391,7 +391,7 @@ def test_not_a_checkpoint_dict(tmp_path, obj, message):
 
 
 def test_foreign_format_needs_the_architecture(seed_path):
-    with pytest.raises(CheckpointError, match="pass --arch NAME; known: cnn, ") as excinfo:
+    with pytest.raises(CheckpointError, match="pass `arch` NAME; known: cnn, ") as excinfo:
         load_checkpoint(seed_path)
     assert "wide_resnet_8" in error_text(excinfo)
 

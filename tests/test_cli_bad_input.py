@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from certify.cli import cli
 from model_zoo import create_model
-from model_zoo.checkpoints import save_checkpoint
+from model_zoo.checkpoint import save_checkpoint
 
 
 @pytest.fixture(scope="module")

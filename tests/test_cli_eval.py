@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from certify.cli import cli
 from certify.data import load_split
 from model_zoo import create_model
-from model_zoo.checkpoints import save_checkpoint
+from model_zoo.checkpoint import save_checkpoint
 
 FAST = ["--pgd-steps", "10", "--methods", "ibp,crown-ibp"]
 
@@ -88,7 +88,7 @@ def test_eval_seed_format_checkpoint(trained_checkpoint, shared_data, tmp_path) 
 
 
 def test_eval_onnx_matches_the_checkpoint(trained_checkpoint, shared_data, tmp_path) -> None:
-    from model_zoo.checkpoints import load_checkpoint
+    from model_zoo.checkpoint import load_checkpoint
 
     model = load_checkpoint(trained_checkpoint).model
     onnx_path = tmp_path / "small.onnx"

@@ -19,9 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
+from certify.core.datasets import Dataset
+from certify.core.errors import DataError
 from certify.data import ImageData, load_split
-from certify.datasets import Dataset
-from certify.errors import DataError
 
 MNIST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 

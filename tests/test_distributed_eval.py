@@ -7,8 +7,8 @@ import csv
 
 import pytest
 
-from certify.distributed import Shard
-from certify.eval_run import EMBEDDED_MODEL
+from certify.core.shard import Shard
+from certify.pipeline.embedded import EMBEDDED_MODEL
 from tests.launch import run_certify
 
 

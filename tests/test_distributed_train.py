@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from certify.commands.train_command import _without_nproc
-from model_zoo.checkpoints import read_checkpoint
+from model_zoo.checkpoint import read_checkpoint
 from tests.launch import run_certify
 
 

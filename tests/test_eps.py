@@ -2,8 +2,8 @@
 
 import pytest
 
-from certify.eps import format_eps, parse_eps
-from certify.errors import UsageError
+from certify.core.eps import format_eps, parse_eps
+from certify.core.errors import UsageError
 
 
 @pytest.mark.parametrize(

@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from certify.bounds import BoundMethod, MarginBounder, margin_matrix
-from certify.eval_run import EMBEDDED_MODEL
-from certify.fusion import fold_batchnorm
+from certify.bounds.fusion import fold_batchnorm
+from certify.bounds.interval import IntervalNetwork
+from certify.bounds.margins import BoundMethod, MarginBounder, margin_matrix
+from certify.pipeline.embedded import EMBEDDED_MODEL
 from model_zoo import create_model
-from model_zoo.checkpoints import load_checkpoint
+from model_zoo.checkpoint import load_checkpoint
 from model_zoo.normalization import NormalizedModel
 from tests.networks import SMALL_OPTIONS, Residual
-from training.interval import IntervalNetwork
 
 CPU = torch.device("cpu")
 
@@ -143,7 +143,7 @@ def test_folded_model_is_what_the_hand_pass_bounds() -> None:
 
 _RSS_SCRIPT = """
 import sys, torch
-from certify.allocator import keep_freed_memory
+from certify.core.allocator import keep_freed_memory
 def rss_mb():
     return int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20
 tuned = keep_freed_memory() if sys.argv[1] == 'tuned' else False

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from certify.bounds import BoundMethod
-from certify.errors import SoundnessError
-from certify.evaluation import SampleOutcomes, check_consistency, summarize
+from certify.bounds.margins import BoundMethod
+from certify.core.errors import SoundnessError
+from certify.evaluation.outcomes import SampleOutcomes, check_consistency, summarize
 
 
 def _outcomes(correct, robust, ibp_margin, crown_margin) -> SampleOutcomes:

@@ -6,8 +6,9 @@ import logging
 
 import torch
 
-from certify.bounds import BoundMethod, MarginBounder
-from certify.evaluation import EvalConfig, evaluate
+from certify.bounds.margins import BoundMethod, MarginBounder
+from certify.evaluation.images import EvalConfig
+from certify.evaluation.images import evaluate_images as evaluate
 from model_zoo import create_model
 
 
@@ -41,7 +42,7 @@ def test_out_of_memory_halves_the_chunk_and_gives_the_same_bounds(monkeypatch, c
 
 
 def test_out_of_memory_in_pgd_halves_the_batch_with_the_same_outcomes(monkeypatch) -> None:
-    import certify.evaluation as evaluation
+    import certify.evaluation.images as evaluation
 
     model = create_model("cnn_4layer", 1, 28, 10).eval()
     images = torch.rand(10, 1, 28, 28)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from certify.fusion import fold_batchnorm
+from certify.bounds.fusion import fold_batchnorm
 from model_zoo import create_model, list_models
 from model_zoo.normalization import NormalizedModel
 

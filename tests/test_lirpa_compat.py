@@ -1,4 +1,4 @@
-"""Tests of certify.compat.lirpa, the fixes that make auto-LiRPA 0.3 work on current torch.
+"""Tests of certify.bounds.lirpa_compat, the fixes that make auto-LiRPA 0.3 work on current torch.
 
 Each patch is proven by a real bound computation that crashed or went wrong without it,
 checked against an independent reference: sampled outputs of the plain model (soundness),
@@ -25,8 +25,8 @@ import pytest
 import torch
 from torch import nn
 
-from certify.compat import lirpa
-from certify.errors import CertifyError
+from certify.bounds import lirpa_compat as lirpa
+from certify.core.errors import CertifyError
 from model_zoo.normalization import NormalizedModel
 
 EPS = 0.03
@@ -156,7 +156,7 @@ def _dense_conv(conv: nn.Conv2d) -> nn.Conv2d:
 
 def test_importing_the_module_patches_nothing() -> None:
     code = (
-        "import sys; import certify.compat.lirpa as m\n"
+        "import sys; import certify.bounds.lirpa_compat as m\n"
         "assert 'auto_LiRPA' not in sys.modules and m.applied_patches() == []\n"
         "assert 'torch' not in sys.modules or not hasattr(sys.modules['torch']._C.Node,"
         " '__getitem__')\n"
@@ -175,7 +175,7 @@ def test_private_torch_symbols_still_exist(shim: str) -> None:
         with contextlib.suppress(ImportError, AttributeError):
             found.append(lirpa.resolve(location))
     assert found, (
-        f"shim {shim} of certify.compat.lirpa broke: this torch has none of "
+        f"shim {shim} of certify.bounds.lirpa_compat broke: this torch has none of "
         f"{', '.join(lirpa.TORCH_PRIVATE_SYMBOLS[shim])}; find where it moved"
     )
 

@@ -2,7 +2,7 @@
 
 Small models are built here, exported by torch's legacy (TorchScript) and dynamo
 exporters into a temporary folder shared by the module, loaded with
-:func:`model_zoo.onnx_loading.load_onnx` and compared with the torch model itself.
+:func:`model_zoo.onnx.loading.load_onnx` and compared with the torch model itself.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from certify.compat.onnx2torch_import import is_placeholder
-from certify.errors import CheckpointError, ModelError, UsageError
+from certify.core.errors import CheckpointError, ModelError, UsageError
 from model_zoo.normalization import NormalizedModel
-from model_zoo.onnx_loading import LoadedOnnx, load_onnx
+from model_zoo.onnx.loading import LoadedOnnx, load_onnx
+from model_zoo.onnx.onnx2torch_import import is_placeholder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BATCH = 8
@@ -343,7 +343,7 @@ def test_auto_lirpa_bounds_a_batch_of_a_loaded_model(
     exported: Exported, name: str, exporter: str, variant: str
 ) -> None:
     # auto_LiRPA traces with one image; batch-dependent shapes would stay at 1.
-    lirpa = pytest.importorskip("certify.compat.lirpa").load_auto_lirpa()
+    lirpa = pytest.importorskip("certify.bounds.lirpa_compat").load_auto_lirpa()
     _, path = exported(name, exporter, variant)
     loaded = load_onnx(path, mean=(0.5,), std=(0.25,), input_shape=MODELS[name][1])
     bounded = lirpa.BoundedModule(loaded.model, torch.zeros(1, *loaded.input_shape), device="cpu")
@@ -473,13 +473,13 @@ def test_onnx2torch_imports_with_a_placeholder_when_torchvision_is_missing() -> 
     out = _run_python(
         """
         import sys
-        import certify.compat.onnx2torch_import as compat
+        import model_zoo.onnx.onnx2torch_import as compat
         # Importing the compat module patches nothing.
         assert "onnx2torch" not in sys.modules and "torchvision" not in sys.modules
         sys.modules["torchvision"] = None  # makes `import torchvision` fail
         onnx2torch = compat.load_onnx2torch()
         from onnx2torch.node_converters import nms, roialign
-        from certify.errors import ModelError
+        from certify.core.errors import ModelError
         # The placeholder was only there while onnx2torch imported.
         assert sys.modules["torchvision"] is None and "torchvision.ops" not in sys.modules
         assert compat.is_placeholder(nms.torchvision)
@@ -509,7 +509,7 @@ def test_onnx2torch_uses_a_real_torchvision_when_there_is_one(tmp_path: Path) ->
     )
     out = _run_python(
         f"""
-        import certify.compat.onnx2torch_import as compat
+        import model_zoo.onnx.onnx2torch_import as compat
         compat.load_onnx2torch()
         import torchvision
         from onnx2torch.node_converters import nms
@@ -538,7 +538,7 @@ def test_onnx2torch_uses_a_real_torchvision_when_there_is_one(tmp_path: Path) ->
 def test_hand_ibp_covers_converted_models(exported: Exported, name: str, exporter: str) -> None:
     """onnx2torch's arithmetic and reshape modules are understood by the hand-written
     interval pass, which then gives auto_LiRPA's IBP bounds on converted graphs too."""
-    from certify.bounds import BoundMethod, MarginBounder
+    from certify.bounds.margins import BoundMethod, MarginBounder
 
     _, path = exported(name, exporter)
     loaded = load_onnx(path, mean=(0.5,), std=(0.25,), input_shape=MODELS[name][1])

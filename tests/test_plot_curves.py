@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from certify.cli import cli
-from certify.errors import UsageError
+from certify.core.errors import UsageError
 from reports.plots import plot_runs
-from training.log_csv import COLUMNS, LOG_NAME, write_log
+from reports.training_log import COLUMNS, LOG_NAME, write_log
 
 
 def _make_run(folder: Path, epochs: int = 6, regularized: bool = True, shift: float = 0.0) -> Path:

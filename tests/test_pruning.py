@@ -5,15 +5,15 @@ import pytest
 import torch
 from torch import nn
 
-from certify.bounds import BoundMethod, MarginBounder, margin_matrix
-from certify.compat.lirpa import load_auto_lirpa
-from certify.eval_run import EMBEDDED_MODEL
-from certify.fusion import fold_batchnorm
-from certify.pruning import prune_dead_units
+from certify.bounds.fusion import fold_batchnorm
+from certify.bounds.interval import IntervalNetwork
+from certify.bounds.lirpa_compat import load_auto_lirpa
+from certify.bounds.margins import BoundMethod, MarginBounder, margin_matrix
+from certify.bounds.pruning import prune_dead_units
+from certify.pipeline.embedded import EMBEDDED_MODEL
 from model_zoo import list_models
-from model_zoo.checkpoints import load_checkpoint
+from model_zoo.checkpoint import load_checkpoint
 from tests.test_eval_ibp import _registered
-from training.interval import IntervalNetwork
 
 CPU = torch.device("cpu")
 
@@ -173,7 +173,7 @@ def test_bundled_model_is_pruned_and_verifies_the_same_images(shared_data, monke
 
     data = load_split("mnist", shared_data, "test", 0, 100)
     pruned = MarginBounder(model, (1, 28, 28), CPU)
-    monkeypatch.setattr("certify.bounds.prune_dead_units", lambda m, shape: m)
+    monkeypatch.setattr("certify.bounds.margins.prune_dead_units", lambda m, shape: m)
     full = MarginBounder(model, (1, 28, 28), CPU)
     for method in (BoundMethod.IBP, BoundMethod.CROWN_IBP):
         ours = pruned.lower_bounds(data.images, data.labels, 0.3, method)
@@ -185,7 +185,7 @@ def test_bundled_model_is_pruned_and_verifies_the_same_images(shared_data, monke
 def test_a_cut_that_changes_the_outputs_is_refused(monkeypatch) -> None:
     """The last check: if the analysis ever named a live channel dead, the model is
     bounded whole rather than wrongly."""
-    import certify.pruning as pruning
+    import certify.bounds.pruning as pruning
 
     model = _chain_with_dead_units()
     real_cut_at = pruning._cut_at
@@ -222,7 +222,7 @@ def test_bundled_model_as_onnx_is_pruned_like_the_checkpoint(tmp_path, shared_da
     before the dense layer): the same channels go, the Reshape's constant follows, and
     the bounds stay."""
     from certify.data import load_split
-    from model_zoo.onnx_loading import load_onnx
+    from model_zoo.onnx.loading import load_onnx
     from training.export import export_onnx
 
     path = export_onnx(EMBEDDED_MODEL, tmp_path / "bundled.onnx").path

@@ -10,17 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from certify.cli import cli
-from certify.errors import UsageError
+from certify.core.errors import UsageError
 from reports.eval_csv import EVAL_COLUMNS
-from reports.report_table import (
-    ReportOptions,
-    build_table,
-    make_report,
-    read_results,
-    render,
-    render_latex,
-    render_markdown,
-)
+from reports.results_reading import read_results
+from reports.results_table import ReportOptions, build_table, make_report
+from reports.table_rendering import render, render_latex, render_markdown
 
 
 def _row(model, dataset, eps, method, clean, pgd, verified, date="2026-01-01 10:00:00", n=100):

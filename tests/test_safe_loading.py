@@ -10,8 +10,8 @@ import torch
 from click.testing import CliRunner
 
 from certify.cli import cli
-from certify.errors import CheckpointError
-from model_zoo.checkpoints import load_checkpoint
+from certify.core.errors import CheckpointError
+from model_zoo.checkpoint import load_checkpoint
 
 
 class _Payload:

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from certify.bounds import BoundMethod, MarginBounder, margin_matrix
+from certify.bounds.margins import BoundMethod, MarginBounder, margin_matrix
 from model_zoo.normalization import NormalizedModel
 from tests.networks import Residual
 

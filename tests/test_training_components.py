@@ -9,13 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from certify.bounds import margin_matrix
-from certify.errors import ModelError, UsageError
+from certify.bounds.interval import IntervalNetwork, PreActivation
+from certify.bounds.margins import margin_matrix
+from certify.bounds.training_bounders import crown_ibp_mix
+from certify.core.errors import ModelError, UsageError
 from model_zoo import create_model
 from model_zoo.normalization import NormalizedModel
 from training.init import ibp_init, ibp_sigma
-from training.interval import IntervalNetwork, PreActivation
-from training.losses import crown_ibp_mix, robust_cross_entropy
+from training.losses import robust_cross_entropy
 from training.regularizers import (
     regularizer_weight,
     relu_balance_loss,
@@ -296,7 +297,7 @@ def test_interval_rejects_unsupported_layers() -> None:
 def test_schedules_equal_auto_lirpa(kind: ScheduleKind) -> None:
     import importlib
 
-    from certify.compat.lirpa import load_auto_lirpa
+    from certify.bounds.lirpa_compat import load_auto_lirpa
 
     load_auto_lirpa()  # the package imports only after the compatibility patches
     schedulers = importlib.import_module("auto_LiRPA.eps_scheduler")
@@ -339,7 +340,7 @@ def _reference_batch_norm(x, center, radius, weight, bias, eps):  # type: ignore
 
 
 def test_interval_relu_gradient_matches_autograd() -> None:
-    from training.interval import _IntervalReLU
+    from certify.bounds.interval_autograd import IntervalReLU as _IntervalReLU
 
     torch.manual_seed(0)
     center = torch.randn(16, 3, 5, 5, dtype=torch.float64, requires_grad=True)
@@ -362,7 +363,7 @@ def test_interval_relu_gradient_matches_autograd() -> None:
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("shape", [(12, 4, 3, 3), (12, 5)])
 def test_interval_batch_norm_gradient_matches_autograd(affine: bool, shape: tuple) -> None:
-    from training.interval import _IntervalBatchNorm
+    from certify.bounds.interval_autograd import IntervalBatchNorm as _IntervalBatchNorm
 
     torch.manual_seed(1)
 

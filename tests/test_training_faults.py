@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 import training.loop
 from certify.cli import cli
-from model_zoo.checkpoints import read_checkpoint
+from model_zoo.checkpoint import read_checkpoint
 
 
 def _train_args(shared_data: Path, out: Path, epochs: int) -> list[str]:

@@ -12,19 +12,19 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from certify.bounds import margin_matrix
+from certify.bounds.interval import IntervalNetwork
+from certify.bounds.margins import margin_matrix
+from certify.bounds.training_bounders import CrownIBPBounder, IBPBounder
 from certify.cli import cli
+from certify.core.errors import UsageError
 from certify.data import load_split
-from certify.errors import UsageError
 from model_zoo import create_model
-from model_zoo.checkpoints import load_checkpoint, read_checkpoint
+from model_zoo.checkpoint import load_checkpoint, read_checkpoint
 from model_zoo.normalization import NormalizedModel
-from training.bounders import CrownIBPBounder, IBPBounder
+from reports.training_log import COLUMNS
 from training.config import TrainConfig
 from training.data import Augmentation, Split, augment_batch, batches, split_validation
 from training.init import ibp_init
-from training.interval import IntervalNetwork
-from training.log_csv import COLUMNS
 from training.loop import Method, StepConfig, train_epoch
 from training.losses import robust_cross_entropy
 from training.presets import preset_values, resolve_config
@@ -60,7 +60,7 @@ def test_fast_steps_reduce_the_loss_on_real_mnist(shared_data: Path) -> None:
         # Robust loss plus regularizers at a fixed eps on held-out images.
         model.train()
         with torch.no_grad():
-            result = bounder.bounds(held_x, 0.02, margin_matrix(held_y, 10), 0.1)
+            result = bounder.bounds(held_x, 0.02, margin_matrix(held_y, 10))
             reg = warmup_regularizers(result.input_bounds.radius, result.pre_relu, 0.5)
             return float(robust_cross_entropy(result.lower) + 0.5 * reg.total)
 
@@ -102,7 +102,7 @@ def test_batch_norm_statistics_match_a_clean_step() -> None:
 
 
 def test_interval_bounds_equal_auto_lirpa_ibp() -> None:
-    from certify.compat.lirpa import load_auto_lirpa
+    from certify.bounds.lirpa_compat import load_auto_lirpa
 
     lirpa = load_auto_lirpa()
     model = NormalizedModel(
@@ -111,7 +111,7 @@ def test_interval_bounds_equal_auto_lirpa_ibp() -> None:
     ibp_init(model)
     x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
     spec = margin_matrix(y, 10)
-    bounded = CrownIBPBounder(model, (3, 32, 32), torch.device("cpu"))
+    bounded = CrownIBPBounder(model, (3, 32, 32), torch.device("cpu"), max_eps=0.01)
     for train_mode in (True, False):
         bounded.train(train_mode)
         ptb = lirpa.PerturbationLpNorm(
@@ -131,7 +131,7 @@ def test_interval_bounds_equal_auto_lirpa_ibp() -> None:
 def test_crown_ibp_epoch_copies_batch_norm_statistics_back(shared_data: Path) -> None:
     images, labels = _mnist(shared_data, 128)
     model = _small_model()
-    bounder = CrownIBPBounder(model, (1, 28, 28), torch.device("cpu"))
+    bounder = CrownIBPBounder(model, (1, 28, 28), torch.device("cpu"), max_eps=0.1)
     assert model.training  # building the BoundedModule must not switch the model to eval
     bn = model.model[1]
     before = bn.running_mean.clone()
@@ -190,7 +190,7 @@ def test_presets_equal_the_seed_readme() -> None:
     assert tiny["eps"] == 1 / 255 and tiny["num_classes"] == 200 and tiny["reg_lambda"] == 0.2
     assert (tiny["schedule_start"], tiny["schedule_length"], tiny["epochs"]) == (2, 20, 80)
     assert (tiny["lr_milestones"], tiny["grad_acc_steps"], tiny["crop_padding"]) == ((61, 71), 2, 4)
-    config = resolve_config({"data_dir": "d", "out_dir": "o", "epochs": 3}, "cifar")
+    config = resolve_config("cifar", data_dir="d", out_dir="o", epochs=3)
     assert config.epochs == 3 and config.eps == 8 / 255 and config.lr == 5e-4
 
 
@@ -279,7 +279,7 @@ def test_certify_train_rejects_bad_options(tmp_path: Path) -> None:
 
 
 def test_export_writes_onnx_with_normalization(shared_data: Path, tmp_path: Path) -> None:
-    from model_zoo.onnx_loading import load_onnx
+    from model_zoo.onnx.loading import load_onnx
 
     result = train(_config(shared_data, tmp_path / "run", epochs=1))
     out = tmp_path / "model.onnx"

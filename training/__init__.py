@@ -3,9 +3,9 @@
 
 The modules each do one job: eps schedules (:mod:`training.schedulers`), IBP
 initialization (:mod:`training.init`), interval bound propagation
-(:mod:`training.interval`), the warmup regularizers (:mod:`training.regularizers`),
+(:mod:`certify.bounds.interval`), the warmup regularizers (:mod:`training.regularizers`),
 losses (:mod:`training.losses`), one epoch of training or validation
 (:mod:`training.loop`), checkpoints (:mod:`training.checkpointing`), presets
-(:mod:`training.presets`), the per-epoch CSV log (:mod:`training.log_csv`) and the
+(:mod:`training.presets`), the per-epoch CSV log (:mod:`reports.training_log`) and the
 orchestration of a whole run (:mod:`training.run`).
 """

@@ -1,7 +1,7 @@
 """Training checkpoints: certify's model checkpoint plus the state to resume from.
 
 The file is a regular certify checkpoint (written by
-:func:`model_zoo.checkpoints.save_checkpoint`, so ``certify eval`` and
+:func:`model_zoo.checkpoint.save_checkpoint`, so ``certify eval`` and
 ``load_checkpoint`` read it as any other) with one more entry, ``"training"``: the
 epoch, the optimizer state, the learning rate and eps schedules, the random number
 generator states and the best validation result so far. Every value is a tensor or a
@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from certify.errors import CheckpointError
-from model_zoo.checkpoints import read_checkpoint, save_checkpoint
+from certify.core.errors import CheckpointError
+from model_zoo.checkpoint import read_checkpoint, save_checkpoint
 
 LAST = "last.pth"
 BEST = "best.pth"

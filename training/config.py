@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from certify.datasets import get_spec, parse_dataset
-from certify.errors import UsageError
+from certify.core.datasets import get_spec, parse_dataset
+from certify.core.errors import UsageError
 from training.loop import Method
 from training.schedulers import ScheduleKind, parse_schedule_kind
 
@@ -64,30 +64,31 @@ class TrainConfig:
     def __post_init__(self) -> None:
         parse_dataset(self.dataset)
         checks = [
-            (self.epochs >= 1, "--epochs must be at least 1"),
-            (self.batch_size >= 2, "--batch-size must be at least 2 (BatchNorm needs two)"),
-            (self.lr > 0, "--lr must be positive"),
-            (0 < self.lr_decay_factor <= 1, "--lr-decay-factor must be in (0, 1]"),
-            (all(m >= 1 for m in self.lr_milestones), "--lr-decay-milestones count from 1"),
-            (self.grad_clip > 0, "--grad-clip must be positive"),
-            (1 <= self.grad_acc_steps <= self.batch_size // 2,
-             "--grad-acc-steps must be from 1 to half the batch size"),
-            (self.schedule_start >= 1, "--schedule-start counts epochs from 1"),
-            (self.schedule_length >= 0, "--schedule-length must be >= 0"),
-            (self.tol > 0, "--tol must be positive"),
-            (self.reg_lambda >= 0, "--reg-lambda must be >= 0"),
-            (self.crop_padding >= 0, "--crop-padding must be >= 0"),
-            (self.val_size >= 0, "--val-size must be >= 0"),
-            (self.num_train is None or self.num_train >= 2, "--num-train must be at least 2"),
-            (self.threads is None or self.threads >= 1, "--threads must be at least 1"),
-            (self.eval_batch_size >= 1, "--eval-batch-size must be at least 1"),
-            (self.pgd_steps >= 0, "--pgd-steps must be >= 0"),
-            (self.test_samples is None or self.test_samples >= 1, "--test-samples must be >= 1"),
-            (0 < self.eps <= 1, "--eps must be in (0, 1], e.g. 0.1 or 8/255"),
+            ("epochs", self.epochs >= 1, "give at least 1"),
+            ("batch_size", self.batch_size >= 2, "give at least 2 (BatchNorm needs two)"),
+            ("lr", self.lr > 0, "must be positive"),
+            ("lr_decay_factor", 0 < self.lr_decay_factor <= 1, "must be in (0, 1]"),
+            ("lr_milestones", all(m >= 1 for m in self.lr_milestones), "epochs count from 1"),
+            ("grad_clip", self.grad_clip > 0, "must be positive"),
+            ("grad_acc_steps", 1 <= self.grad_acc_steps <= self.batch_size // 2,
+             "must be from 1 to half the batch size"),
+            ("schedule_start", self.schedule_start >= 1, "epochs count from 1"),
+            ("schedule_length", self.schedule_length >= 0, "must be >= 0"),
+            ("tol", self.tol > 0, "must be positive"),
+            ("reg_lambda", self.reg_lambda >= 0, "must be >= 0"),
+            ("crop_padding", self.crop_padding >= 0, "must be >= 0"),
+            ("val_size", self.val_size >= 0, "must be >= 0"),
+            ("num_train", self.num_train is None or self.num_train >= 2, "give at least 2"),
+            ("threads", self.threads is None or self.threads >= 1, "give at least 1"),
+            ("eval_batch_size", self.eval_batch_size >= 1, "give at least 1"),
+            ("pgd_steps", self.pgd_steps >= 0, "must be >= 0"),
+            ("test_samples", self.test_samples is None or self.test_samples >= 1,
+             "give at least 1"),
+            ("eps", 0 < self.eps <= 1, "must be in (0, 1], e.g. 0.1 or 8/255"),
         ]  # fmt: skip
-        for ok, message in checks:
+        for name, ok, reason in checks:
             if not ok:
-                raise UsageError(message)
+                raise UsageError(f"{getattr(self, name)!r}: {reason}", param=name)
 
     @property
     def classes(self) -> int:
@@ -131,8 +132,8 @@ class TrainConfig:
                 v[key] = tuple(v[key])
         missing = [k for k in ("dataset", "data_dir", "out_dir") if v.get(k) is None]
         if missing:
-            flags = ", ".join("--" + k.replace("_", "-") for k in missing)
-            raise UsageError(f"give {flags} (or a --preset that sets the data set)")
+            names = ", ".join(f"`{k}`" for k in missing)
+            raise UsageError(f"give {names} (or a `preset` that sets the data set)")
         return cls(**v)
 
     def differences(self, stored: dict[str, Any]) -> list[str]:
@@ -147,4 +148,6 @@ def _parse_method(value: Any) -> Method:
         return Method(str(value).strip().lower())
     except ValueError:
         valid = ", ".join(m.value for m in Method)
-        raise UsageError(f"unknown training method {value!r}: use one of {valid}") from None
+        raise UsageError(
+            f"unknown training method {value!r}: use one of {valid}", param="method"
+        ) from None

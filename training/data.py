@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from certify.errors import UsageError
+from certify.core.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,9 @@ def split_validation(
     n = len(labels)
     if val_size < 0 or val_size >= n - 1:
         raise UsageError(
-            f"--val-size {val_size}: give a number from 0 to {n - 2} (the training data "
-            f"has {n} images and at least 2 must remain for training)"
+            f"{val_size}: give a number from 0 to {n - 2} (the training data "
+            f"has {n} images and at least 2 must remain for training)",
+            param="val_size",
         )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val, train = order[:val_size].sort().values, order[val_size:].sort().values

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from certify.atomic_files import atomic_path
-from certify.errors import ModelError, UsageError, first_line
-from model_zoo.checkpoints import load_checkpoint
+from certify.core.atomic_files import atomic_path
+from certify.core.errors import ModelError, UsageError, first_line
+from model_zoo.checkpoint import load_checkpoint
 from model_zoo.normalization import NormalizedModel
 
 
@@ -95,7 +95,7 @@ def _export(model: torch.nn.Module, shape: tuple[int, int, int], path: Path, ops
 
 
 def _check(model: torch.nn.Module, path: Path, shape: tuple[int, int, int]) -> float:
-    from model_zoo.onnx_loading import load_onnx
+    from model_zoo.onnx.loading import load_onnx
 
     back = load_onnx(path, input_shape=shape)
     images = torch.rand(8, *shape, generator=torch.Generator().manual_seed(0))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
-from training.graph import is_residual_add, layer_nodes, trace
+from certify.bounds.graph import is_residual_add, layer_nodes, trace
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from certify.bounds import margin_matrix
-from certify.distributed import SINGLE, Shard
-from certify.errors import TrainingDivergedError
-from training.bounders import CrownIBPBounder, IBPBounder
-from training.interval import IntervalNetwork
+from certify.bounds.bounder import TrainingBounder
+from certify.bounds.interval import IntervalNetwork
+from certify.bounds.margins import margin_matrix
+from certify.core.errors import TrainingDivergedError
+from certify.core.shard import SINGLE, Shard
 from training.losses import (
     clean_cross_entropy,
     clean_errors,
@@ -97,7 +97,7 @@ class EpochStats:
 
 def train_epoch(
     model: nn.Module,
-    bounder: IBPBounder | CrownIBPBounder,
+    bounder: TrainingBounder,
     optimizer: torch.optim.Optimizer,
     batches: Iterable[tuple[Tensor, Tensor]],
     schedule: EpsSchedule,
@@ -183,13 +183,13 @@ def _check_finite(what: str, value: Tensor, epoch: int, index: int) -> None:
     if not torch.isfinite(value).all():
         raise TrainingDivergedError(
             f"training diverged: {what} is {value.item()} at epoch {epoch}, batch {index + 1}; "
-            "last.pth holds the last complete epoch: lower --lr or --eps and --resume"
+            "last.pth holds the last complete epoch: lower `lr` or `eps` and `resume`"
         )
 
 
 def chunk_loss(
     model: nn.Module,
-    bounder: IBPBounder | CrownIBPBounder,
+    bounder: TrainingBounder,
     x: Tensor,
     y: Tensor,
     eps: float,
@@ -209,7 +209,7 @@ def chunk_loss(
         meter.add("loss", loss.item(), n)
         return loss
     bound_eps = eps if eps > 0 else config.min_reg_eps
-    result = bounder.bounds(x, bound_eps, margin_matrix(y, config.num_classes), config.max_eps)
+    result = bounder.bounds(x, bound_eps, margin_matrix(y, config.num_classes))
     clean_ce = clean_cross_entropy(result.logits, y)
     meter.add("clean_ce", clean_ce.item(), n)
     meter.add("clean_err", float(clean_errors(result.logits, y).float().mean()), n)

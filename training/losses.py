@@ -31,13 +31,3 @@ def verified_errors(margin_lower: Tensor) -> Tensor:
 
 def clean_errors(logits: Tensor, labels: Tensor) -> Tensor:
     return logits.argmax(dim=1) != labels
-
-
-def crown_ibp_mix(
-    ibp_lower: Tensor, crown_lower: Tensor | None, eps: float, max_eps: float
-) -> Tensor:
-    """beta * CROWN-IBP + (1 - beta) * IBP with beta = (eps_max - eps) / eps_max."""
-    beta = (max_eps - eps) / max_eps if max_eps > 0 else 0.0
-    if crown_lower is None or beta < 1e-5:
-        return ibp_lower
-    return beta * crown_lower + (1 - beta) * ibp_lower

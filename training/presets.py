@@ -21,7 +21,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from certify.errors import UsageError
+from certify.core.errors import UsageError
 from training.config import TrainConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -71,18 +71,19 @@ def preset_values(name: str) -> dict[str, Any]:
     """The settings of preset ``name`` (a copy)."""
     key = name.strip().lower()
     if key not in PRESETS:
-        raise UsageError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
+        raise UsageError(
+            f"unknown preset {name!r}: use one of {', '.join(PRESETS)}", param="preset"
+        )
     return dict(PRESETS[key])
 
 
-def resolve_config(options: dict[str, Any], preset: str | None = None) -> TrainConfig:
+def resolve_config(preset: str | None = None, **given: Any) -> TrainConfig:
     """The run's settings: a resumed run's stored ones (or the preset's), then the
-    options that were given (``None`` means not given).
+    settings ``given`` (any field of :class:`~training.config.TrainConfig`).
 
-    With ``resume`` only the flags to change need repeating; conflicting ones are
+    With ``resume`` only the settings to change need repeating; conflicting ones are
     refused by :func:`training.run.train`.
     """
-    given = {k: v for k, v in options.items() if v is not None}
     values: dict[str, Any] = {}
     if given.get("resume") and given.get("out_dir") is not None:
         values.update(_stored_settings(Path(given["out_dir"])))
@@ -97,7 +98,7 @@ def _stored_settings(out_dir: Path) -> dict[str, Any]:
 
     path = out_dir / LAST
     if not path.exists():
-        raise UsageError(f"--resume: {path} does not exist; start without --resume")
+        raise UsageError(f"{path} does not exist; start without `resume`", param="resume")
     raw, _ = load_training_checkpoint(path)
     stored = dict(raw.get("train_args") or {})
     # Where the run lives now may differ from where it was written.

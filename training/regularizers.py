@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from training.interval import PreActivation
+from certify.bounds.interval import PreActivation
 
 _TINY = 1e-12
 

@@ -5,8 +5,8 @@
 :class:`TrainCallbacks`. The run folder holds ``last.pth`` (every epoch, with the state
 to resume from), ``best.pth`` (the epoch with the lowest IBP-verified error at eps_max
 on the validation split, among epochs trained at eps_max), ``train_log.csv`` and, after
-the final evaluation of ``best.pth`` on the test set with ``certify eval``'s pipeline,
-the appended results CSV.
+the final evaluation of the selected model on the test set (:func:`certify.evaluate` on
+the weights in memory), the appended results CSV. ``certify.train`` is this function.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) every process joins the process group and trains
 its shard of each global batch (see :mod:`training.loop`); rank 0 alone validates, writes
@@ -25,14 +25,23 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from certify.datasets import get_spec
-from certify.devices import resolve_device
-from certify.distributed import SINGLE, Shard, device_for, leave, shard_from_environment
-from certify.errors import CheckpointError, UsageError
-from certify.evaluation import ProgressFn
+from certify.bounds.bounder import TrainingBounder
+from certify.bounds.margins import parse_methods
+from certify.bounds.training_bounders import CrownIBPBounder, IBPBounder
+from certify.core.datasets import get_spec
+from certify.core.devices import resolve_device
+from certify.core.errors import CheckpointError, UsageError
+from certify.core.shard import SINGLE, Shard, device_for, leave, shard_from_environment
+from certify.data import load_split
+from certify.evaluation.images import ProgressFn
+from certify.pipeline.evaluate import evaluate
+from certify.pipeline.result import EvalResult
 from model_zoo import create_model
+from model_zoo.checkpoint import read_checkpoint
 from model_zoo.normalization import NormalizedModel
-from training.bounders import CrownIBPBounder, IBPBounder
+from model_zoo.registry import canonical_name
+from reports.eval_csv import check_result_files
+from reports.training_log import LOG_NAME, read_log, rows_up_to, write_log
 from training.checkpointing import (
     BEST,
     LAST,
@@ -44,7 +53,6 @@ from training.checkpointing import (
 from training.config import TrainConfig
 from training.data import Augmentation, Split, batches, epoch_length, split_validation
 from training.init import InitReport, ibp_init
-from training.log_csv import LOG_NAME, read_log, rows_up_to, write_log
 from training.loop import (
     BatchCallback,
     EpochStats,
@@ -87,7 +95,8 @@ class TrainResult:
     log_path: Path
     best: Best
     rows: list[dict[str, Any]] = field(default_factory=list)
-    evaluation: Any = None  # certify.eval_run.EvalResult when the final evaluation ran
+    evaluation: EvalResult | None = None  # when the final evaluation ran, on rank 0
+    results_path: Path | None = None  # where its rows were appended
     seconds: float = 0.0
     is_main: bool = True  # False in the processes of rank > 0 under torchrun
 
@@ -131,17 +140,17 @@ def _train(
     out_dir = _check_out_dir(config)
     if config.batch_size < 2 * shard.world_size:
         raise UsageError(
-            f"--batch-size {config.batch_size} is the global batch of {shard.world_size} "
-            f"processes: give at least {2 * shard.world_size} (2 images per process)"
+            f"{config.batch_size} is the global batch of {shard.world_size} processes: "
+            f"give at least {2 * shard.world_size} (2 images per process)",
+            param="batch_size",
         )
     train_split, val_split = _load_data(config)
     # Created only now, so that bad options or data leave nothing behind.
     if shard.is_main:
         _make_dir(out_dir)
-    eval_request = None
     if config.final_eval:
-        # Every process takes its shard of the final evaluation; rank 0 checks the outputs.
-        eval_request = _eval_request(config, out_dir, device, check=shard.is_main)
+        # Every process takes its shard of the final evaluation; rank 0 writes the results.
+        _check_final_eval(config, out_dir, check_file=shard.is_main)
     start = _start(config, out_dir, device)
     runner = _EpochRunner(config, start, device, train_split, shard)
     if callbacks.on_start:
@@ -153,6 +162,8 @@ def _train(
     log_path = out_dir / LOG_NAME
     rows = rows_up_to(read_log(log_path), start.first_epoch - 1)
     best = start.best
+    # The network's weights at the best epoch, kept for the final evaluation.
+    selected = _Selected()
     for epoch in range(start.first_epoch, config.epochs + 1):
         stats = runner.run(epoch, callbacks.on_batch)
         if not shard.is_main:
@@ -165,6 +176,7 @@ def _train(
             # Without a validation split the last epoch at eps_max is the selected one.
             errors = (val.verified_err, val.clean_err) if val else (float("nan"),) * 2
             best = Best(epoch, *errors)
+            selected.keep(epoch, start.model)
         rows.append(_row(config, epoch, stats, val, is_best))
         write_log(log_path, rows)
         _save(config, out_dir, start.model, epoch, runner.state(epoch, best), is_best)
@@ -178,10 +190,11 @@ def _train(
         # Rank 0 has written best.pth; a process that left the group early could abort
         # at exit ("terminate called without an active exception").
         dist.barrier()
-    if eval_request is not None:
-        from certify.eval_run import run_evaluation
-
-        result.evaluation = run_evaluation(eval_request, callbacks.on_eval)
+    if config.final_eval:
+        last_epoch = max(start.first_epoch - 1, config.epochs)
+        model = selected.model(config, out_dir, best, start.model, last_epoch, shard)
+        result.evaluation = _final_evaluation(config, out_dir, model, device, callbacks.on_eval)
+        result.results_path = _results_file(config, out_dir)
         if shard.world_size > 1:
             dist.barrier()  # all leave the group together, once rank 0 has written
     result.seconds = time.perf_counter() - started
@@ -237,7 +250,7 @@ class _EpochRunner:
         self.augment = Augmentation(config.crop_padding, config.flip)
         if config.method is Method.CROWN_IBP:
             shape = get_spec(config.dataset).input_shape
-            self.bounder: IBPBounder | CrownIBPBounder = CrownIBPBounder(model, shape, device)
+            self.bounder: TrainingBounder = CrownIBPBounder(model, shape, device, config.eps)
             self.network = IBPBounder(model).network
         else:
             self.bounder = IBPBounder(model)
@@ -306,12 +319,11 @@ def _is_candidate(schedule: EpsSchedule, epoch: int, config: TrainConfig) -> boo
 
 
 def _load_data(config: TrainConfig) -> tuple[Split, Split]:
-    from certify.data import load_split
-
     data = load_split(config.dataset, config.data_dir, "train", 0, config.num_train)
     if config.num_classes is not None and int(data.labels.max()) >= config.num_classes:
         raise UsageError(
-            f"--num-classes {config.num_classes}: the data has label {int(data.labels.max())}"
+            f"{config.num_classes}: the data has label {int(data.labels.max())}",
+            param="num_classes",
         )
     return split_validation(data.images, data.labels, config.val_size, config.seed)
 
@@ -319,14 +331,14 @@ def _load_data(config: TrainConfig) -> tuple[Split, Split]:
 def _check_out_dir(config: TrainConfig) -> Path:
     out_dir = Path(config.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--out-dir {out_dir} is a file: give a folder")
+        raise UsageError(f"{out_dir} is a file: give a folder", param="out_dir")
     if (out_dir / LAST).exists() and not config.resume:
         raise UsageError(
-            f"{out_dir} already holds a run ({LAST}): pass --resume to continue it, "
-            "or choose another --out-dir"
+            f"{out_dir} already holds a run ({LAST}): pass `resume` to continue it, "
+            "or choose another `out_dir`"
         )
     if config.resume and not (out_dir / LAST).exists():
-        raise UsageError(f"--resume: {out_dir / LAST} does not exist; start without --resume")
+        raise UsageError(f"{out_dir / LAST} does not exist; start without `resume`", param="resume")
     return out_dir
 
 
@@ -334,7 +346,7 @@ def _make_dir(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"cannot create --out-dir {out_dir}: {exc.strerror}") from None
+        raise UsageError(f"cannot create {out_dir}: {exc.strerror}", param="out_dir") from None
 
 
 def _resume_state(
@@ -353,7 +365,9 @@ def _resume_state(
     changed = config.differences(stored)
     if changed:
         shown = ", ".join(f"{k} ({stored[k]!r} in the run)" for k in changed)
-        raise UsageError(f"--resume: these settings differ from the run in {out_dir}: {shown}")
+        raise UsageError(
+            f"these settings differ from the run in {out_dir}: {shown}", param="resume"
+        )
     try:
         model.model.load_state_dict(raw["state_dict"])
     except RuntimeError as exc:
@@ -430,25 +444,85 @@ def _row(
     }
 
 
-def _eval_request(config: TrainConfig, out_dir: Path, device: torch.device, check: bool = True):
-    """The ``certify eval`` request for the final report, checked before training."""
-    from certify.attack import PGDConfig
-    from certify.bounds import parse_methods
-    from certify.datasets import parse_dataset
-    from certify.eval_run import EvalRequest
+def _results_file(config: TrainConfig, out_dir: Path) -> Path:
+    return Path(config.results_csv) if config.results_csv else out_dir / "results.csv"
 
-    request = EvalRequest(
-        model_path=out_dir / BEST,
-        dataset=parse_dataset(config.dataset),
-        data_dir=Path(config.data_dir),
+
+def _check_final_eval(config: TrainConfig, out_dir: Path, check_file: bool) -> None:
+    """Fail before training if the final evaluation could not run or write its rows."""
+    try:
+        parse_methods(list(config.eval_methods))
+    except UsageError as exc:
+        raise UsageError(exc.reason, param="eval_methods") from None
+    if not check_file:
+        return
+    try:
+        check_result_files(_results_file(config, out_dir), None)
+    except UsageError as exc:
+        raise UsageError(exc.reason, param="results_csv") from None
+
+
+class _Selected:
+    """The weights of the selected (best) epoch's network, on the CPU."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.weights: dict[str, torch.Tensor] | None = None
+
+    def keep(self, epoch: int, model: NormalizedModel) -> None:
+        self.epoch = epoch
+        self.weights = {k: v.detach().cpu().clone() for k, v in model.model.state_dict().items()}
+
+    def model(
+        self,
+        config: TrainConfig,
+        out_dir: Path,
+        best: Best,
+        current: NormalizedModel,
+        last_epoch: int,
+        shard: Shard,
+    ) -> NormalizedModel:
+        """The selected model, in memory in every process: rank 0 knows which epoch won."""
+        weights = None
+        if shard.is_main:
+            if self.weights is not None and best.epoch == self.epoch:
+                weights = self.weights
+            elif best.epoch == last_epoch:  # the model in memory is the last epoch's
+                weights = {k: v.detach().cpu() for k, v in current.model.state_dict().items()}
+            else:  # selected before this run was resumed
+                weights = read_checkpoint(out_dir / BEST)["state_dict"]
+        if shard.world_size > 1:
+            box = [weights]
+            dist.broadcast_object_list(box, src=0)
+            weights = box[0]
+        model = build_model(config)
+        model.model.load_state_dict(weights)
+        return model
+
+
+def _final_evaluation(
+    config: TrainConfig,
+    out_dir: Path,
+    model: NormalizedModel,
+    device: torch.device,
+    progress: ProgressFn | None,
+) -> EvalResult | None:
+    """``certify.evaluate`` of the selected model on the test set; rank 0 appends its
+    rows to the results file and returns the result."""
+    result = evaluate(
+        model,
+        dataset=config.dataset,
         eps=config.eps,
-        methods=parse_methods(list(config.eval_methods)),
-        pgd=PGDConfig(steps=config.pgd_steps),
-        device=device,
+        data_dir=config.data_dir,
+        methods=config.eval_methods,
         num_samples=config.test_samples,
         batch_size=config.eval_batch_size,
-        out=Path(config.results_csv) if config.results_csv else out_dir / "results.csv",
+        device=device,
+        arch=canonical_name(config.arch),
+        pgd_steps=config.pgd_steps,
+        name=BEST,
+        progress=progress,
     )
-    if check:
-        request.check_outputs()
-    return request
+    if result is not None:
+        result.write_csv(out=_results_file(config, out_dir))
+    return result

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from certify.errors import UsageError
+from certify.core.errors import UsageError
 
 
 class ScheduleKind(StrEnum):
@@ -105,4 +105,6 @@ def parse_schedule_kind(name: str) -> ScheduleKind:
     try:
         return ScheduleKind(key)
     except ValueError:
-        raise UsageError(f"unknown eps schedule {name!r}: use smoothed or linear") from None
+        raise UsageError(
+            f"unknown eps schedule {name!r}: use smoothed or linear", param="schedule"
+        ) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -17,20 +18,40 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from certify.evaluation import ProgressFn
+from certify.bounds.bounder import BoundMethod
+from certify.commands.base import CertifyCommand
+from certify.core.datasets import Dataset
+from certify.core.devices import DeviceChoice
+from certify.evaluation.images import ProgressFn
 
-_METHODS_HELP = "Comma-separated bound methods: ibp, crown-ibp, crown."
+_METHODS_HELP = f"Comma-separated bound methods: {', '.join(m.value for m in BoundMethod)}."
+_DATASETS = ", ".join(d.value for d in Dataset)
+_OUTSIDE = "that normalize outside."
+_DEVICES = ", ".join(d.value for d in DeviceChoice)
 
 
-@click.command("eval")
+def _floats(ctx: click.Context, param: click.Parameter, text: str | None):
+    """Comma-separated numbers (``0.5,0.5,0.5``) as a tuple."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give comma-separated numbers, e.g. 0.5,0.5") from None
+    if not values:
+        raise click.BadParameter("give comma-separated numbers, e.g. 0.5,0.5")
+    return values
+
+
+@click.command("eval", cls=CertifyCommand)
 @click.argument("model_path", metavar="MODEL", required=False, type=click.Path(dir_okay=False))
-@click.option("--dataset", help="mnist, cifar or tinyimagenet (default: from the checkpoint).")
+@click.option("--dataset", help=f"{_DATASETS} (default: from the checkpoint).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data set.")
-@click.option("--eps", "eps_text", help="L_inf radius in [0,1] pixel space, e.g. 8/255 or 0.0314.")
+@click.option("--eps", help="L_inf radius in [0,1] pixel space, e.g. 8/255 or 0.0314.")
 @click.option("--arch", help="Architecture of a foreign checkpoint (see `certify models`).")
 @click.option("--num-classes", type=int, help="Classes of a foreign checkpoint.")
-@click.option("--mean", help="Per-channel mean, for ONNX models that normalize outside.")
-@click.option("--std", help="Per-channel std, for ONNX models that normalize outside.")
+@click.option("--mean", callback=_floats, help="Per-channel mean, for ONNX models " + _OUTSIDE)
+@click.option("--std", callback=_floats, help="Per-channel std, for ONNX models " + _OUTSIDE)
 @click.option("--methods", default="ibp,crown-ibp,crown", show_default=True, help=_METHODS_HELP)
 @click.option("--pgd-steps", default=100, show_default=True, type=int)
 @click.option("--pgd-restarts", default=1, show_default=True, type=int)
@@ -46,25 +67,35 @@ _METHODS_HELP = "Comma-separated bound methods: ibp, crown-ibp, crown."
 )
 @click.option("--batch-size", default=256, show_default=True, type=int)
 @click.option("--crown-batch-size", default=32, show_default=True, type=int)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--device", default="auto", show_default=True, help=f"{_DEVICES}, or cuda:N.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Append summary rows to this CSV.")
 @click.option("--per-sample", type=click.Path(dir_okay=False), help="Write one row per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the PGD starts.")
-def eval_command(model_path: str | None, **opts) -> None:
+def eval_command(
+    model_path: str | None,
+    out: str | None,
+    per_sample: str | None,
+    as_json: bool,
+    **arguments,
+) -> None:
     """Evaluate MODEL (a checkpoint or .onnx file; default: the bundled MNIST model)."""
-    from certify.eval_run import EvalRequest, run_evaluation
+    from certify.pipeline.evaluate import evaluate
+    from reports.eval_csv import check_result_files
 
-    request = EvalRequest.from_cli(model_path, **opts)
+    out_path = Path(out) if out else None
+    per_sample_path = Path(per_sample) if per_sample else None
+    check_result_files(out_path, per_sample_path)
     with _progress_bar() as progress:
-        result = run_evaluation(request, progress)
+        result = evaluate(model_path, progress=progress, **arguments)
     if result is None:  # a worker process of a torchrun evaluation: rank 0 reports
         return
-    if request.as_json:
+    written = result.write_csv(out=out_path, per_sample=per_sample_path)
+    if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
         Console().print(result.table())
-    for path in result.written:
+    for path in written:
         click.echo(f"wrote {path}", err=True)
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
+from certify.commands.base import CertifyCommand
 
-@click.command("models")
+
+@click.command("models", cls=CertifyCommand)
 @click.argument("pattern", required=False)
 def models_command(pattern: str | None) -> None:
     """List architecture names (optionally matching a glob PATTERN)."""

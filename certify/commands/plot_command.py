@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import click
 
+from certify.commands.base import CertifyCommand, check_out_file
 
-@click.command("plot")
+
+@click.command("plot", cls=CertifyCommand)
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="PNG file to write.")
 @click.option("--dpi", default=100, show_default=True, type=click.IntRange(30, 600))
@@ -18,8 +20,7 @@ def plot_command(run_dirs: tuple[str, ...], out: str, dpi: int) -> None:
     eps schedule, loss, both regularizers, clean and verified error (train and
     validation), and the shares of active and inactive ReLUs; one colour per run.
     """
-    from certify.atomic_files import atomic_write
-    from reports.outputs import check_out_file
+    from certify.core.atomic_files import atomic_write
     from reports.plots import plot_runs
 
     check_out_file(out, "curves.png")

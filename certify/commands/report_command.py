@@ -1,12 +1,14 @@
 """``certify report``: merge evaluation CSV files into one paper table.
 
-A thin layer over :mod:`reports.report_table`: parses the options, prints the table or
-writes it atomically with ``--out``.
+A thin layer over :mod:`reports.results_table` and :mod:`reports.table_rendering`: parses
+the options, prints the table or writes it atomically with ``--out``.
 """
 
 from __future__ import annotations
 
 import click
+
+from certify.commands.base import CertifyCommand, check_out_file
 
 _FORMAT_HELP = "terminal (rich table), markdown, latex (booktabs) or csv."
 _SUFFIX = {"markdown": "md", "latex": "tex", "csv": "csv"}
@@ -20,7 +22,7 @@ def _split(values: tuple[str, ...] | str | None) -> tuple[str, ...]:
     return tuple(v.strip() for item in items for v in item.split(",") if v.strip())
 
 
-@click.command("report")
+@click.command("report", cls=CertifyCommand)
 @click.argument("results", nargs=-1, required=True, type=click.Path())
 @click.option("--format", "fmt", default="terminal", show_default=True, help=_FORMAT_HELP)
 @click.option("--out", type=click.Path(), help="Write the table to this file.")
@@ -42,15 +44,9 @@ def report_command(
     One row per model, data set and eps; errors in percent. When the same model, data
     set, eps and method appear more than once, the row with the latest date wins.
     """
-    from certify.atomic_files import atomic_write_text
-    from reports.outputs import check_out_file
-    from reports.report_table import (
-        ReportOptions,
-        check_format,
-        make_report,
-        render,
-        terminal_table,
-    )
+    from certify.core.atomic_files import atomic_write_text
+    from reports.results_table import ReportOptions, make_report
+    from reports.table_rendering import check_format, render, terminal_table
 
     fmt = check_format(fmt)
     if out:

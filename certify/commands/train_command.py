@@ -20,6 +20,12 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from certify.commands.base import CertifyCommand
+from certify.core.datasets import Dataset
+from training.loop import Method
+from training.presets import PRESETS
+from training.schedulers import ScheduleKind
+
 _METHOD_HELP = (
     "fast: IBP initialization + warmup regularizers; vanilla: plain IBP; "
     "crown-ibp: CROWN-IBP/IBP mix. [default: fast]"
@@ -36,9 +42,13 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None):
 
 
 def _eps(ctx: click.Context, param: click.Parameter, value: str | None):
-    from certify.eps import parse_eps
+    from certify.core.eps import parse_eps
+    from certify.core.errors import UsageError
 
-    return None if value is None else parse_eps(value)
+    try:
+        return None if value is None else parse_eps(value)
+    except UsageError as exc:
+        raise click.BadParameter(exc.reason) from None
 
 
 def _methods(ctx: click.Context, param: click.Parameter, value: str | None):
@@ -47,7 +57,7 @@ def _methods(ctx: click.Context, param: click.Parameter, value: str | None):
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
-class _TrainCommand(click.Command):
+class _TrainCommand(CertifyCommand):
     """Keeps the raw arguments, for ``--nproc`` to start itself again under torchrun."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -58,10 +68,10 @@ class _TrainCommand(click.Command):
 @click.command("train", cls=_TrainCommand)
 @click.option(
     "--preset",
-    type=click.Choice(["mnist", "cifar", "tinyimagenet"]),
+    type=click.Choice(list(PRESETS)),
     help="Settings of the seed's README command for this data set.",
 )
-@click.option("--dataset", help="mnist, cifar or tinyimagenet (set by --preset).")
+@click.option("--dataset", help=f"{', '.join(d.value for d in Dataset)} (set by --preset).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data set.")
 @click.option(
     "--out-dir",
@@ -70,7 +80,7 @@ class _TrainCommand(click.Command):
     help="Run folder: checkpoints, train_log.csv, results.csv.",
 )
 @click.option("--arch", help="Architecture (see `certify models`). [default: cnn_4layer]")
-@click.option("--method", type=click.Choice(["fast", "vanilla", "crown-ibp"]), help=_METHOD_HELP)
+@click.option("--method", type=click.Choice([m.value for m in Method]), help=_METHOD_HELP)
 @click.option("--eps", callback=_eps, help="Training eps in [0,1] pixels, e.g. 0.1 or 8/255.")
 @click.option("--num-classes", type=int, help="Classes (default: the data set's).")
 @click.option("--epochs", type=int, help="Number of epochs.")
@@ -88,7 +98,7 @@ class _TrainCommand(click.Command):
 @click.option(
     "--scheduler",
     "schedule",
-    type=click.Choice(["smoothed", "linear"]),
+    type=click.Choice([k.value for k in ScheduleKind]),
     help="eps schedule. [default: smoothed]",
 )
 @click.option("--schedule-start", type=int, help="First epoch of the eps ramp (from 1).")
@@ -135,7 +145,8 @@ def train_command(
     from training.presets import resolve_config
     from training.run import train
 
-    config = resolve_config(options, preset)
+    given = {name: value for name, value in options.items() if value is not None}
+    config = resolve_config(preset, **given)
     console = Console(stderr=True)
     with _progress(console) as callbacks:
         result = train(config, callbacks)
@@ -148,8 +159,7 @@ def train_command(
     )
     if result.evaluation is not None:
         Console().print(result.evaluation.table())
-        for path in result.evaluation.written:
-            click.echo(f"wrote {path}", err=True)
+        click.echo(f"wrote {result.results_path}", err=True)
     click.echo(f"wrote {result.best_path}, {result.last_path}, {result.log_path}", err=True)
 
 
@@ -174,7 +184,7 @@ def _without_nproc(args: list[str]) -> list[str]:
     return out
 
 
-@click.command("export")
+@click.command("export", cls=CertifyCommand)
 @click.argument("checkpoint", type=click.Path(dir_okay=False, exists=True))
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--opset", default=18, show_default=True, type=int, help="ONNX opset version.")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from certify.errors import DataError, first_line
+from certify.core.errors import DataError, first_line
 
 
 def resolve_slice(total: int, start: int, num_samples: int | None, what: str) -> tuple[int, int]:

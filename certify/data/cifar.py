@@ -17,9 +17,9 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from certify.core.datasets import Dataset, get_spec
+from certify.core.errors import DataError
 from certify.data._common import not_found, resolve_slice, to_float, to_labels, typed_first_line
-from certify.datasets import Dataset, get_spec
-from certify.errors import DataError
 
 FOLDER = "cifar-10-batches-py"
 _FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}

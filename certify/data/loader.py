@@ -3,7 +3,7 @@ the reader of the data set's on-disk format and returns an :class:`ImageData`.
 
 Evaluation reads a test slice with it; training reads ``split="train"``. The readers
 return pixels in [0, 1] without normalization: the models apply the data set's mean and
-std themselves (see :mod:`certify.datasets`).
+std themselves (see :mod:`certify.core.datasets`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
+from certify.core.datasets import Dataset, DatasetSpec, get_spec, parse_dataset
+from certify.core.errors import DataError
 from certify.data import cifar, mnist, tinyimagenet
-from certify.datasets import Dataset, DatasetSpec, get_spec, parse_dataset
-from certify.errors import DataError
 
 SPLITS = ("train", "test")
 

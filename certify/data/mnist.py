@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from certify.core.datasets import Dataset, get_spec
+from certify.core.errors import DataError
 from certify.data._common import not_found, resolve_slice, to_float, to_labels, typed_first_line
-from certify.datasets import Dataset, get_spec
-from certify.errors import DataError
 
 _PREFIX = {"train": "train", "test": "t10k"}
 _LAYOUT = "torchvision's layout MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]"

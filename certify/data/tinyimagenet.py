@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from certify.core.datasets import Dataset, DatasetSpec, get_spec
+from certify.core.errors import DataError
 from certify.data._common import not_found, resolve_slice, to_float, typed_first_line
-from certify.datasets import Dataset, DatasetSpec, get_spec
-from certify.errors import DataError
 
 FOLDER = "tiny-imagenet-200"
 _ROOTS = (Path(FOLDER), Path("tinyImageNet") / FOLDER)  # standard, then the seed's

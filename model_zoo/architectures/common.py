@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from certify.errors import ModelError
+from certify.core.errors import ModelError
 
 
 def conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:

@@ -1,0 +1,149 @@
+"""Verified lower bounds of classification margins: what evaluation asks of the bounds.
+
+For each image with true class y, the margin specification (:func:`margin_matrix`) asks
+for a lower bound of ``z_y - z_j`` for every other class j over the L_inf ball of radius
+eps around the image, clipped to the pixel box [0, 1]. A sample is verified when every
+such lower bound is positive.
+
+:class:`MarginBounder` bounds a twin of the model with BatchNorm folded
+(:mod:`certify.bounds.fusion`) and the ReLU units that are dead on every image removed
+(:mod:`certify.bounds.pruning`): the same function on [0, 1], less work. IBP on models
+made of common layers goes through the hand-written interval pass
+(:class:`~certify.bounds.bounder.IntervalBounder`), used only where it gives auto_LiRPA's
+IBP bounds on a probe batch; other models, and CROWN-IBP and CROWN always, use
+auto_LiRPA (:class:`~certify.bounds.bounder.LirpaBounder`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from certify.bounds.bounder import Bounder, BoundMethod, IntervalBounder, LirpaBounder
+from certify.bounds.fusion import fold_batchnorm
+from certify.bounds.interval import IntervalNetwork
+from certify.bounds.lirpa import EVALUATION_OPTIONS, bounded_module
+from certify.bounds.pruning import prune_dead_units
+from certify.core.errors import ModelError, UsageError, first_line
+
+__all__ = ["BoundMethod", "MarginBounder", "margin_matrix", "parse_methods"]
+
+log = logging.getLogger(__name__)
+
+
+def parse_methods(text: str | list[str] | tuple[str, ...]) -> list[BoundMethod]:
+    """Parse ``"ibp,crown"`` (or a sequence) into methods, in the order given, no repeats."""
+    names = text.split(",") if isinstance(text, str) else list(text)
+    methods: list[BoundMethod] = []
+    for name in names:
+        key = str(name).strip().lower()
+        if not key:
+            continue
+        try:
+            method = BoundMethod(key)
+        except ValueError:
+            valid = ", ".join(m.value for m in BoundMethod)
+            raise UsageError(
+                f"unknown bound method {name!r}: use one of {valid}", param="methods"
+            ) from None
+        if method not in methods:
+            methods.append(method)
+    if not methods:
+        raise UsageError("no bound method given: name at least one of ibp, crown-ibp, crown",
+                         param="methods")  # fmt: skip
+    return methods
+
+
+def margin_matrix(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Specification C of shape (N, K-1, K): row j maps logits to z_y - z_(j-th other)."""
+    n = len(labels)
+    eye = torch.eye(num_classes, device=labels.device)
+    true_rows = eye[labels].unsqueeze(1)  # N x 1 x K
+    others = torch.arange(num_classes, device=labels.device).expand(n, -1)
+    keep = others != labels[:, None]
+    other_rows = eye[others[keep].view(n, num_classes - 1)]  # N x K-1 x K
+    return true_rows - other_rows
+
+
+class MarginBounder:
+    """Wraps a model once and bounds margins for any batch, eps and method."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_shape: tuple[int, ...],
+        device: torch.device,
+        hand_ibp: bool = True,
+    ) -> None:
+        self.device = device
+        _refuse_unsupported_layers(model)
+        # Bounds are taken on a twin with BatchNorm folded and units that are dead on
+        # every image removed: the same function on [0, 1], fewer layers and channels.
+        model = prune_dead_units(fold_batchnorm(model.eval()), input_shape).to(device)
+        self.twin = model
+        self.module = bounded_module(model, input_shape, device, EVALUATION_OPTIONS)
+        self.module.eval()
+        with torch.no_grad():
+            dummy = torch.zeros(1, *input_shape, device=device)
+            self.num_classes = int(self.module(dummy).shape[-1])
+        self._bounders: dict[BoundMethod, Bounder] = {
+            method: LirpaBounder(self.module, method) for method in BoundMethod
+        }
+        interval = self._checked_interval_network(model, input_shape) if hand_ibp else None
+        if interval is not None:
+            self._bounders[BoundMethod.IBP] = IntervalBounder(interval)
+
+    @property
+    def hand_ibp(self) -> bool:
+        """Whether IBP bounds come from the hand-written interval pass."""
+        return isinstance(self._bounders[BoundMethod.IBP], IntervalBounder)
+
+    def lower_bounds(
+        self, images: torch.Tensor, labels: torch.Tensor, eps: float, method: BoundMethod
+    ) -> torch.Tensor:
+        """Lower bounds of the K-1 margins of each image, shape (N, K-1)."""
+        images = images.to(self.device)
+        spec = margin_matrix(labels.to(self.device), self.num_classes)
+        return self._bounders[method].bounds(images, eps, spec).lower
+
+    def _checked_interval_network(
+        self, model: nn.Module, input_shape: tuple[int, ...]
+    ) -> IntervalNetwork | None:
+        """The hand-written IBP of the model if it covers every layer and gives
+        auto_LiRPA's IBP bounds on a probe batch; otherwise None, and auto_LiRPA bounds
+        IBP too (custom layers, operators the pass does not know)."""
+        generator = torch.Generator().manual_seed(0)
+        probe = torch.rand(2, *input_shape, generator=generator).to(self.device)
+        spec = margin_matrix(torch.tensor([0, 1], device=self.device), self.num_classes)
+        try:
+            network = IntervalNetwork(model)
+            hand = IntervalBounder(network).bounds(probe, _PROBE_EPS, spec).lower
+        except (ModelError, RuntimeError, TypeError) as exc:
+            log.debug("IBP through auto_LiRPA: %s", first_line(exc))
+            return None
+        reference = self._bounders[BoundMethod.IBP].bounds(probe, _PROBE_EPS, spec).lower
+        tolerance = 1e-4 * (1.0 + reference.abs().max().item())
+        if not torch.allclose(hand, reference, rtol=0.0, atol=tolerance):
+            log.warning("hand-written IBP differs from auto_LiRPA's here; using auto_LiRPA")
+            return None
+        return network
+
+
+_PROBE_EPS = 0.05
+
+
+def _refuse_unsupported_layers(model: nn.Module) -> None:
+    """auto_LiRPA 0.3 ignores dilation in its convolution bounds: refuse rather than
+    report bounds that may be wrong."""
+    dilated = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) and any(d != 1 for d in m.dilation)
+    ]
+    if dilated:
+        raise ModelError(
+            f"dilated convolutions cannot be bounded soundly by auto_LiRPA 0.3 "
+            f"(layers: {', '.join(dilated[:5])})"
+        )

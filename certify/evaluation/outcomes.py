@@ -1,0 +1,113 @@
+"""Per-image outcomes of an evaluation, their summary and their consistency check.
+
+:class:`SampleOutcomes` holds, per image, the clean prediction, the PGD result and the
+smallest margin lower bound of each bound method; :func:`summarize` turns them into
+error rates. :func:`check_consistency` enforces what must hold for sound bounds: a
+verified image is classified correctly and was not attacked successfully.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from certify.bounds.bounder import BoundMethod
+from certify.core.errors import SoundnessError, UsageError
+
+
+@dataclass
+class SampleOutcomes:
+    """Per-sample results, one entry per image, all on the CPU."""
+
+    indices: torch.Tensor
+    labels: torch.Tensor
+    clean_pred: torch.Tensor
+    pgd_robust: torch.Tensor
+    margin_lower: dict[BoundMethod, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def clean_correct(self) -> torch.Tensor:
+        return self.clean_pred == self.labels
+
+    def verified(self, method: BoundMethod) -> torch.Tensor:
+        """A sample is verified only if every margin lower bound is positive."""
+        return self.margin_lower[method] > 0
+
+    @staticmethod
+    def concatenate(parts: Sequence[SampleOutcomes]) -> SampleOutcomes:
+        """Outcomes of several slices of a data set, in data set order."""
+        indices = torch.cat([p.indices for p in parts])
+        order = indices.argsort()
+
+        def cat(values: list[torch.Tensor]) -> torch.Tensor:
+            return torch.cat(values)[order]
+
+        return SampleOutcomes(
+            indices=indices[order],
+            labels=cat([p.labels for p in parts]),
+            clean_pred=cat([p.clean_pred for p in parts]),
+            pgd_robust=cat([p.pgd_robust for p in parts]),
+            margin_lower={
+                m: cat([p.margin_lower[m] for p in parts]) for m in parts[0].margin_lower
+            },
+        )
+
+    def verified_any(self) -> torch.Tensor:
+        result = torch.zeros_like(self.pgd_robust)
+        for method in self.margin_lower:
+            result |= self.verified(method)
+        return result
+
+
+@dataclass
+class EvalSummary:
+    num_samples: int
+    clean_error: float
+    pgd_error: float
+    verified_error: dict[BoundMethod, float]
+    best_verified_error: float
+    seconds: dict[str, float]
+
+
+def summarize(outcomes: SampleOutcomes, seconds: dict[str, float]) -> EvalSummary:
+    n = len(outcomes.labels)
+    if n == 0:
+        raise UsageError("no samples were evaluated")
+    clean_err = 1.0 - outcomes.clean_correct.float().mean().item()
+    pgd_err = 1.0 - outcomes.pgd_robust.float().mean().item()
+    verified = {m: 1.0 - outcomes.verified(m).float().mean().item() for m in outcomes.margin_lower}
+    best = 1.0 - outcomes.verified_any().float().mean().item() if verified else float("nan")
+    return EvalSummary(n, clean_err, pgd_err, verified, best, dict(seconds))
+
+
+def check_consistency(outcomes: SampleOutcomes) -> None:
+    """Raise SoundnessError if any verified sample is misclassified or was attacked.
+
+    This also guarantees clean <= PGD <= verified error for every method.
+    """
+    attacked_but_clean_wrong = ~outcomes.clean_correct & outcomes.pgd_robust
+    _fail_on(attacked_but_clean_wrong, outcomes, "is misclassified but PGD counted it robust")
+    for method in outcomes.margin_lower:
+        verified = outcomes.verified(method)
+        _fail_on(
+            verified & ~outcomes.clean_correct,
+            outcomes,
+            f"is verified by {method.value} but misclassified",
+        )
+        _fail_on(
+            verified & ~outcomes.pgd_robust,
+            outcomes,
+            f"is verified by {method.value} but PGD attacked it",
+        )
+
+
+def _fail_on(mask: torch.Tensor, outcomes: SampleOutcomes, what: str) -> None:
+    if mask.any():
+        bad = outcomes.indices[mask].tolist()
+        shown = ", ".join(str(i) for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        raise SoundnessError(
+            f"soundness check failed: sample {shown} {what}; the bounds or the model "
+            "conversion are wrong, please report this with the model file"
+        )

@@ -1,0 +1,264 @@
+"""``certify.evaluate``: one evaluation from a model and a few arguments to an
+:class:`~certify.pipeline.result.EvalResult`.
+
+Everything that can be checked cheaply (eps, methods, sizes, normalization, device) is
+checked before any model or data is loaded, so that bad input fails fast; an argument
+at fault raises :class:`~certify.core.errors.UsageError` with its name in ``param``.
+Then the model (a file, or any ``nn.Module``) and the test slice are loaded, the images
+are shared out among the processes of a ``torchrun`` job, evaluated, gathered on rank 0
+and checked for soundness. The result is returned, not printed or written: that is the
+caller's (the CLI's, or the training run's) business.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import certify
+from certify.bounds.margins import BoundMethod, parse_methods
+from certify.core.datasets import Dataset, get_spec, parse_dataset
+from certify.core.devices import describe_device, resolve_device
+from certify.core.eps import format_eps, parse_eps
+from certify.core.errors import ModelError, UsageError, first_line
+from certify.core.shard import device_for, gather, leave, merge_seconds, shard_from_environment
+from certify.data import load_split
+from certify.evaluation.attack import PGDConfig
+from certify.evaluation.images import EvalConfig, ProgressFn, check_batch_sizes, evaluate_images
+from certify.evaluation.outcomes import SampleOutcomes, check_consistency, summarize
+from certify.pipeline.embedded import EMBEDDED_DATA, EMBEDDED_MODEL
+from certify.pipeline.result import EvalResult
+from model_zoo import LoadedModel, load_model
+from model_zoo.normalization import NormalizedModel
+
+DEFAULT_METHODS = (BoundMethod.IBP, BoundMethod.CROWN_IBP, BoundMethod.CROWN)
+
+
+def evaluate(
+    model: str | os.PathLike[str] | nn.Module | None = None,
+    *,
+    dataset: str | Dataset | None = None,
+    eps: float | str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    methods: str | Sequence[str | BoundMethod] = DEFAULT_METHODS,
+    num_samples: int | None = None,
+    start: int = 0,
+    batch_size: int = 256,
+    crown_batch_size: int = 32,
+    device: str | torch.device = "auto",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    pgd_steps: int = 100,
+    pgd_restarts: int = 1,
+    seed: int = 0,
+    name: str | None = None,
+    progress: ProgressFn | None = None,
+) -> EvalResult | None:
+    """Clean, PGD and verified error of ``model`` on test images ``[start, start + num_samples)``.
+
+    ``model`` is a checkpoint or ONNX file (default: the bundled MNIST model) or any
+    ``nn.Module`` that takes pixel images in [0, 1]: its normalization inside it, or given
+    as ``mean``/``std``. A module is put in eval mode and moved to ``device``.
+    ``dataset`` and ``eps`` (pixel space, ``8/255`` or a number) default to what the
+    checkpoint records; ``arch`` and ``num_classes`` are for checkpoints that do not say
+    them (for a module, ``arch`` only names it in the results, as ``name`` does).
+    ``progress(stage, done, total)`` is called after every batch.
+
+    Raises :class:`~certify.core.errors.SoundnessError` if a verified image was
+    misclassified or attacked. Under ``torchrun`` each process evaluates its shard of the
+    images; rank 0 returns the merged result and the other processes return None.
+    """
+    args = _checked_arguments(
+        eps, methods, num_samples, start, batch_size, crown_batch_size, pgd_steps,
+        pgd_restarts, mean, std, device,
+    )  # fmt: skip
+    loaded, source = _load(model, arch, dataset, num_classes, args.mean, args.std)
+    if dataset is None and loaded.dataset is None:
+        raise UsageError(f"{source} does not say its data set: give one", param="dataset")
+    chosen = parse_dataset(dataset or loaded.dataset)
+    eps_value = args.eps if args.eps is not None else loaded.eps
+    if eps_value is None:
+        raise UsageError(f"{source} does not say its eps: give one, e.g. 8/255", param="eps")
+    folder = Path(data_dir).expanduser() if data_dir else _default_data_dir(model, chosen)
+    data = load_split(chosen, folder, "test", start, num_samples)
+    _check_input_shape(loaded.model, data.images, chosen, source)
+    config = EvalConfig(
+        eps=eps_value,
+        methods=tuple(args.methods),
+        pgd=args.pgd,
+        batch_size=batch_size,
+        crown_batch_size=crown_batch_size,
+        seed=seed,
+    )
+    outcomes, seconds, processes = _evaluate_sharded(
+        loaded.model, data.images, data.labels, data.start, config, args.device, progress
+    )
+    if outcomes is None:  # another process reports
+        return None
+    check_consistency(outcomes)
+    settings = {
+        "model": name or source,
+        "arch": arch if isinstance(model, nn.Module) and arch else loaded.arch,
+        "dataset": chosen.value,
+        "eps": format_eps(eps_value),
+        "eps_value": eps_value,
+        "start": data.start,
+        "pgd_steps": args.pgd.steps,
+        "pgd_restarts": args.pgd.restarts,
+        "device": describe_device(args.device)
+        + (f" x{processes} processes" if processes > 1 else ""),
+        "torch": torch.__version__,
+        "certify": certify.__version__,
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    return EvalResult(settings, summarize(outcomes, seconds), outcomes)
+
+
+@dataclass(frozen=True)
+class _Arguments:
+    eps: float | None
+    methods: list[BoundMethod]
+    pgd: PGDConfig
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    device: torch.device
+
+
+def _checked_arguments(
+    eps: float | str | None,
+    methods: str | Sequence[str | BoundMethod],
+    num_samples: int | None,
+    start: int,
+    batch_size: int,
+    crown_batch_size: int,
+    pgd_steps: int,
+    pgd_restarts: int,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    device: str | torch.device,
+) -> _Arguments:
+    """The arguments that need no model or data, checked and converted."""
+    if (mean is None) != (std is None):
+        raise UsageError("`mean` and `std` go together: give both or neither", param="std")
+    if mean is not None and len(mean) != len(std):
+        raise UsageError(
+            f"{len(mean)} means but {len(std)} stds: give one of each per channel", param="std"
+        )
+    if num_samples is not None and num_samples < 1:
+        raise UsageError(f"{num_samples}: give at least 1", param="num_samples")
+    if start < 0:
+        raise UsageError(f"{start}: give an index >= 0", param="start")
+    check_batch_sizes(batch_size, crown_batch_size)
+    return _Arguments(
+        eps=parse_eps(eps) if eps is not None else None,
+        methods=parse_methods(methods if isinstance(methods, str) else [str(m) for m in methods]),
+        pgd=PGDConfig(steps=pgd_steps, restarts=pgd_restarts),
+        mean=tuple(float(v) for v in mean) if mean is not None else None,
+        std=tuple(float(v) for v in std) if std is not None else None,
+        device=device if isinstance(device, torch.device) else resolve_device(device),
+    )
+
+
+def _load(
+    model: str | os.PathLike[str] | nn.Module | None,
+    arch: str | None,
+    dataset: str | Dataset | None,
+    num_classes: int | None,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+) -> tuple[LoadedModel, str]:
+    """The model over pixels in [0, 1], and how results name it."""
+    if not isinstance(model, nn.Module):
+        path = Path(model) if model is not None else EMBEDDED_MODEL
+        chosen = parse_dataset(dataset) if dataset is not None else None
+        loaded = load_model(
+            path, arch=arch, dataset=chosen, num_classes=num_classes, mean=mean, std=std
+        )
+        return loaded, path.name
+    if num_classes is not None:
+        raise UsageError(
+            "applies to checkpoint files; a module's outputs give its classes",
+            param="num_classes",
+        )
+    network = NormalizedModel(model, mean, std) if mean is not None else model
+    spec = get_spec(dataset) if dataset is not None else None
+    loaded = LoadedModel(
+        model=network.eval(),
+        arch=type(model).__name__,
+        dataset=spec.name.value if spec else None,
+        num_classes=spec.num_classes if spec else 0,
+        input_shape=spec.input_shape if spec else (0, 0, 0),
+        mean=mean or (),
+        std=std or (),
+        eps=None,
+        source_format="module",
+    )
+    return loaded, type(model).__name__
+
+
+def _default_data_dir(model: Any, dataset: Dataset) -> Path:
+    bundled = model is None or (not isinstance(model, nn.Module) and Path(model) == EMBEDDED_MODEL)
+    if bundled and dataset is Dataset.MNIST:
+        return EMBEDDED_DATA
+    raise UsageError(f"give the folder that holds the {dataset.value} files", param="data_dir")
+
+
+def _check_input_shape(
+    model: nn.Module, images: torch.Tensor, dataset: Dataset, source: str
+) -> None:
+    spec = get_spec(dataset)
+    weight = next(model.parameters(), None)
+    try:
+        with torch.no_grad():
+            out = model.eval()(images[:1].to(weight.device if weight is not None else "cpu"))
+    except (RuntimeError, ValueError) as exc:
+        raise ModelError(
+            f"{source} does not accept {dataset.value} images of shape "
+            f"{tuple(images.shape[1:])}: {first_line(exc)}; check the data set and architecture"
+        ) from None
+    if out.ndim != 2 or out.shape[1] != spec.num_classes:
+        raise ModelError(
+            f"{source} gives outputs of shape {tuple(out.shape[1:])}, but {dataset.value} "
+            f"has {spec.num_classes} classes; check the data set and the number of classes"
+        )
+
+
+def _evaluate_sharded(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    first_index: int,
+    config: EvalConfig,
+    device: torch.device,
+    progress: ProgressFn | None,
+) -> tuple[SampleOutcomes | None, dict[str, float], int]:
+    """This process's shard of the images evaluated; on rank 0 every shard's outcomes
+    merged in index order (None on the others), the slowest process's seconds per stage,
+    and the number of processes."""
+    shard = shard_from_environment(device)
+    try:
+        lo, hi = shard.bounds(len(labels))
+        outcomes, seconds = evaluate_images(
+            model,
+            images[lo:hi],
+            labels[lo:hi],
+            config,
+            device_for(shard, device),
+            first_index + lo,
+            progress if shard.is_main else None,
+        )
+        parts = gather(outcomes, shard)
+        seconds = merge_seconds(seconds, shard)
+    finally:
+        leave(shard)
+    merged = SampleOutcomes.concatenate(parts) if parts is not None else None
+    return merged, seconds, shard.world_size

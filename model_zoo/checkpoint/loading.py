@@ -1,0 +1,166 @@
+"""Building a ready model from a checkpoint file: the last step of loading.
+
+:func:`load_checkpoint` runs the steps that :mod:`model_zoo.checkpoint` lists and
+resolves what the file does not say (architecture, geometry, normalization) from the
+caller's arguments or from the tensor shapes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from certify.core.datasets import get_spec, parse_dataset
+from certify.core.errors import CertifyError, CheckpointError, first_line
+from model_zoo.checkpoint.fit import (
+    Geometry,
+    batchnorm_counters,
+    compare,
+    infer_geometry,
+    probe_arch,
+)
+from model_zoo.checkpoint.formats import (
+    ADAPTERS,
+    Adapted,
+    Normalization,
+    detect_format,
+)
+from model_zoo.checkpoint.reading import read_checkpoint
+from model_zoo.loaded import LoadedModel
+from model_zoo.normalization import NormalizedModel
+from model_zoo.registry import canonical_name, create_model, list_models
+
+
+def _stored_geometry(meta: Mapping[str, Any]) -> Geometry:
+    try:
+        dataset = parse_dataset(meta["dataset"]) if meta.get("dataset") else None
+    except CertifyError:
+        raise CheckpointError(f"the file names an unknown data set {meta['dataset']!r}") from None
+    values = [meta["in_ch"], meta["in_dim"], meta["num_classes"]]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        raise CheckpointError("the stored input geometry is not positive integers: save it again")
+    return Geometry(dataset, *values)
+
+
+def _check_agrees(name: str, stored: Any, given: Any) -> None:
+    if given is not None and stored is not None and given != stored:
+        raise CheckpointError(
+            f"the file is for {name} {getattr(stored, 'value', stored)!r}, not "
+            f"{getattr(given, 'value', given)!r}: leave out `{name}`"
+        )
+
+
+def _resolve_arch(adapted: Adapted, fmt: str, arch: str | None) -> str:
+    stored = adapted.meta.get("arch")
+    if stored is not None:
+        stored = canonical_name(str(stored))
+        if arch is not None:
+            _check_agrees("arch", stored, canonical_name(arch))
+        return stored
+    if arch is None:
+        raise CheckpointError(
+            f"a {fmt} checkpoint does not name its architecture: pass `arch` NAME; "
+            f"known: {', '.join(list_models())}"
+        )
+    return canonical_name(arch)
+
+
+def _resolve_geometry(
+    arch: str, adapted: Adapted, dataset: str | None, num_classes: int | None
+) -> Geometry:
+    wanted = parse_dataset(dataset) if dataset is not None else None
+    if adapted.meta.get("in_ch") is None:
+        return infer_geometry(arch, adapted.state_dict, wanted, num_classes)
+    geometry = _stored_geometry(adapted.meta)
+    _check_agrees("dataset", geometry.dataset, wanted)
+    _check_agrees("num_classes", geometry.num_classes, num_classes)
+    mismatch = compare(probe_arch(arch, geometry, _arch_options(adapted)), adapted.state_dict)
+    if mismatch:
+        raise CheckpointError(mismatch.describe(arch, geometry) + " (the file is inconsistent)")
+    return geometry
+
+
+def _resolve_normalization(adapted: Adapted, geometry: Geometry) -> Normalization:
+    if adapted.normalization is not None:
+        mean, std = adapted.normalization
+    elif geometry.dataset is None:
+        mean, std = (0.0,) * geometry.in_ch, (1.0,) * geometry.in_ch
+    elif adapted.default_normalization is not None:
+        mean, std = adapted.default_normalization[geometry.dataset]
+    else:
+        spec = get_spec(geometry.dataset)
+        mean, std = spec.mean, spec.std
+    if len(mean) != len(std) or len(mean) not in (1, geometry.in_ch):
+        raise CheckpointError(
+            f"the stored normalization has {len(mean)} means and {len(std)} stds for "
+            f"{geometry.in_ch} input channels: save it again"
+        )
+    if any(s <= 0 for s in std):
+        raise CheckpointError("the stored normalization has a std that is not positive")
+    return mean, std
+
+
+def _arch_options(adapted: Adapted) -> dict[str, Any]:
+    options = adapted.meta.get("arch_options") or {}
+    if not isinstance(options, Mapping):
+        raise CheckpointError("the stored arch_options is not a dict: save it again")
+    return dict(options)
+
+
+def _build(arch: str, geometry: Geometry, adapted: Adapted) -> nn.Module:
+    model = create_model(
+        arch, geometry.in_ch, geometry.in_dim, geometry.num_classes, **_arch_options(adapted)
+    )
+    full = dict(adapted.state_dict)
+    own = model.state_dict()
+    for key in batchnorm_counters(model) - set(full):
+        # The counter only matters for training with momentum=None; eval never reads it.
+        full[key] = own[key]
+    try:
+        model.load_state_dict(full, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"the weights do not load: {first_line(error, limit=160)}") from None
+    return model
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    arch: str | None = None,
+    dataset: str | None = None,
+    num_classes: int | None = None,
+) -> LoadedModel:
+    """Load a checkpoint of any supported format as a model taking pixels in [0, 1].
+
+    ``arch``, ``dataset`` and ``num_classes`` are needed only where the file does not
+    record them (every format but certify's own); ``dataset`` and ``num_classes`` are
+    inferred from tensor shapes when left out. Raises :class:`CheckpointError` (or
+    :class:`~certify.core.errors.ModelError` for an unknown architecture name).
+    """
+    try:
+        raw = read_checkpoint(path)
+        fmt = detect_format(raw)
+        adapted = ADAPTERS[fmt](raw)
+        arch_name = _resolve_arch(adapted, fmt, arch)
+        geometry = _resolve_geometry(arch_name, adapted, dataset, num_classes)
+        mean, std = _resolve_normalization(adapted, geometry)
+        network = _build(arch_name, geometry, adapted)
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    identity = all(m == 0 for m in mean) and all(s == 1 for s in std)
+    model = network if identity else NormalizedModel(network, mean, std)
+    model.eval()
+    eps = adapted.meta.get("eps")
+    return LoadedModel(
+        model=model,
+        arch=arch_name,
+        dataset=geometry.dataset.value if geometry.dataset else None,
+        num_classes=geometry.num_classes,
+        input_shape=(geometry.in_ch, geometry.in_dim, geometry.in_dim),
+        mean=tuple(mean),
+        std=tuple(std),
+        eps=float(eps) if isinstance(eps, int | float) else None,
+        source_format=fmt,
+    )

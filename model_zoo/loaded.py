@@ -1,0 +1,22 @@
+"""What loading a model file gives: the network and what is known about it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass
+class LoadedModel:
+    """A network over pixel images in [0, 1], ready for evaluation, with what its file says."""
+
+    model: nn.Module
+    arch: str
+    dataset: str | None
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    eps: float | None
+    source_format: str
