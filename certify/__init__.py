@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from certify.core.version import __version__
 
 # name -> the module that defines it; imported on first use (PEP 562).
 _VERBS = {

@@ -116,7 +116,11 @@ def filter_table(table: pd.DataFrame, conditions: Sequence[Condition]) -> pd.Dat
 
 def _matches(column: pd.Series, cond: Condition) -> pd.Series:
     if cond.column == "eps":
-        return _compare(column.map(parse_eps), cond.op, parse_eps(cond.value))
+        try:
+            value = parse_eps(cond.value)
+        except UsageError as exc:
+            raise UsageError(f"eps {exc.reason}", param="where") from None
+        return _compare(column.map(parse_eps), cond.op, value)
     if pd.api.types.is_numeric_dtype(column):
         try:
             value = float(cond.value)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO_ROOT
 
 
@@ -30,6 +32,7 @@ def _run_benchmark(script: str, *args: str) -> str:
     return run.stdout
 
 
+@pytest.mark.slow
 def test_train_speed_prints_ratio_phases_and_floor(shared_data: Path) -> None:
     out = _run_benchmark(
         "train_speed.py", "--data-dir", str(shared_data),
@@ -45,6 +48,7 @@ def test_train_speed_prints_ratio_phases_and_floor(shared_data: Path) -> None:
     assert 2.0 < _figure(r"floor of the exact method: ([\d.]+)x", out) < 3.0
 
 
+@pytest.mark.slow
 def test_short_warmup_trains_both_methods_on_real_cifar(shared_data: Path) -> None:
     out = _run_benchmark(
         "short_warmup.py", "--data-dir", str(shared_data), "--dataset", "cifar",

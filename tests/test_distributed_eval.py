@@ -33,6 +33,7 @@ def _eval(tmp_path, name: str, processes: int, shared_data) -> list[dict[str, st
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_two_processes_write_what_one_writes(tmp_path, shared_data) -> None:
     single = _eval(tmp_path, "single", 1, shared_data)
     sharded = _eval(tmp_path, "sharded", 2, shared_data)

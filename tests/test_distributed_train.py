@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pytest
 import torch
 
 from certify.commands.train_command import _without_nproc
@@ -48,6 +49,7 @@ def _log(out: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one_with_two_accumulation_steps(
     shared_data: Path, tmp_path: Path
 ) -> None:

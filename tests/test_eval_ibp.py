@@ -155,6 +155,7 @@ print(tuned, rss_mb() - before)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.slow
 def test_keep_freed_memory_keeps_a_freed_block_for_reuse() -> None:
     def kept(mode: str) -> tuple[str, float]:
         out = subprocess.run(

@@ -469,6 +469,7 @@ def _run_python(code: str, extra_path: Path | None = None) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 def test_onnx2torch_imports_with_a_placeholder_when_torchvision_is_missing() -> None:
     out = _run_python(
         """
@@ -498,6 +499,7 @@ def test_onnx2torch_imports_with_a_placeholder_when_torchvision_is_missing() -> 
     assert "placeholder ok" in out
 
 
+@pytest.mark.slow
 def test_onnx2torch_uses_a_real_torchvision_when_there_is_one(tmp_path: Path) -> None:
     package = tmp_path / "torchvision"
     package.mkdir()

@@ -68,6 +68,7 @@ def test_plot_two_runs_to_png(tmp_path):
     _check_png(plot_runs([fast, vanilla]))
 
 
+@pytest.mark.slow
 def test_plot_does_not_touch_pyplot(tmp_path):
     # The library draws with Figure + the Agg canvas: importing and using it must not
     # import pyplot or pick a backend for the whole process. A fresh interpreter tells.

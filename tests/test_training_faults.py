@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -27,6 +28,7 @@ def _train_args(shared_data: Path, out: Path, epochs: int) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(shared_data: Path, tmp_path: Path) -> None:
     straight = CliRunner().invoke(cli, _train_args(shared_data, tmp_path / "a", 3))
     assert straight.exit_code == 0, straight.output

@@ -23,7 +23,8 @@ def parse_eps(text: str | float) -> float:
         value = _parse_text(shown)
     if not math.isfinite(value) or not 0.0 <= value <= 1.0:
         raise UsageError(
-            f"eps {shown} is outside [0, 1]: give it in pixel space, e.g. 8/255 or 0.0314"
+            f"{shown} is outside [0, 1]: give it in pixel space, e.g. 8/255 or 0.0314",
+            param="eps",
         )
     return value
 
@@ -35,9 +36,11 @@ def _parse_text(text: str) -> float:
             return float(Fraction(num.strip()) / Fraction(den.strip()))
         return float(text)
     except ZeroDivisionError:
-        raise UsageError(f"eps {text}: division by zero; write e.g. 8/255") from None
+        raise UsageError(f"{text}: division by zero; write e.g. 8/255", param="eps") from None
     except ValueError:
-        raise UsageError(f"eps {text!r} is not a number; write e.g. 8/255 or 0.0314") from None
+        raise UsageError(
+            f"{text!r} is not a number; write e.g. 8/255 or 0.0314", param="eps"
+        ) from None
 
 
 def format_eps(eps: float) -> str:

@@ -22,13 +22,13 @@ from typing import Any
 import torch
 from torch import nn
 
-import certify
 from certify.bounds.margins import BoundMethod, parse_methods
 from certify.core.datasets import Dataset, get_spec, parse_dataset
 from certify.core.devices import describe_device, resolve_device
 from certify.core.eps import format_eps, parse_eps
 from certify.core.errors import ModelError, UsageError, first_line
 from certify.core.shard import device_for, gather, leave, merge_seconds, shard_from_environment
+from certify.core.version import __version__
 from certify.data import load_split
 from certify.evaluation.attack import PGDConfig
 from certify.evaluation.images import EvalConfig, ProgressFn, check_batch_sizes, evaluate_images
@@ -117,7 +117,7 @@ def evaluate(
         "device": describe_device(args.device)
         + (f" x{processes} processes" if processes > 1 else ""),
         "torch": torch.__version__,
-        "certify": certify.__version__,
+        "certify": __version__,
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
     }
     return EvalResult(settings, summarize(outcomes, seconds), outcomes)
