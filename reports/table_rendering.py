@@ -5,6 +5,7 @@ CSV, the best value of each error column among rows of the same data set and eps
 from __future__ import annotations
 
 import io
+from enum import StrEnum
 
 import pandas as pd
 from rich.markup import escape
@@ -13,7 +14,15 @@ from rich.table import Table
 from certify.core.errors import UsageError
 from reports.results_table import BEST_COLUMN, ERROR_PREFIX, error_columns
 
-FORMATS = ("terminal", "markdown", "latex", "csv")
+
+class ReportFormat(StrEnum):
+    TERMINAL = "terminal"
+    MARKDOWN = "markdown"
+    LATEX = "latex"
+    CSV = "csv"
+
+
+FORMATS = tuple(f.value for f in ReportFormat)
 
 HEADERS = {
     "model": "model",
@@ -66,23 +75,25 @@ def _cell(table: pd.DataFrame, column: str, pos: int) -> str:
     return str(value)
 
 
-def check_format(fmt: str) -> str:
-    """``fmt`` in lower case if it is one of :data:`FORMATS`."""
-    if fmt.lower() not in FORMATS:
-        raise UsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", param="fmt")
-    return fmt.lower()
+def check_format(fmt: str | ReportFormat) -> ReportFormat:
+    """The format named by ``fmt`` (any case)."""
+    try:
+        return ReportFormat(str(fmt).lower())
+    except ValueError:
+        raise UsageError(
+            f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", param="fmt"
+        ) from None
 
 
-def render(groups: list[tuple[str, pd.DataFrame]], fmt: str) -> str:
-    """The table as text in ``fmt`` (one of :data:`FORMATS`)."""
-    fmt = check_format(fmt)
+def render(groups: list[tuple[str, pd.DataFrame]], fmt: str | ReportFormat) -> str:
+    """The table as text in ``fmt``."""
     renderers = {
-        "terminal": render_terminal_text,
-        "markdown": render_markdown,
-        "latex": render_latex,
-        "csv": render_csv,
+        ReportFormat.TERMINAL: render_terminal_text,
+        ReportFormat.MARKDOWN: render_markdown,
+        ReportFormat.LATEX: render_latex,
+        ReportFormat.CSV: render_csv,
     }
-    return renderers[fmt](groups)
+    return renderers[check_format(fmt)](groups)
 
 
 def render_markdown(groups: list[tuple[str, pd.DataFrame]]) -> str:

@@ -1,5 +1,5 @@
 """The training benchmarks still run end to end, on a few real images: their figures come
-from full runs (see the README), but a renamed function or a broken import would
+from full runs (see docs/benchmarks.md), but a renamed function or a broken import would
 otherwise only show when someone next measures."""
 
 from __future__ import annotations

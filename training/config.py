@@ -62,6 +62,7 @@ class TrainConfig:
     model_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._convert_types()
         parse_dataset(self.dataset)
         checks = [
             ("epochs", self.epochs >= 1, "give at least 1"),
@@ -89,6 +90,22 @@ class TrainConfig:
         for name, ok, reason in checks:
             if not ok:
                 raise UsageError(f"{getattr(self, name)!r}: {reason}", param=name)
+
+    def _convert_types(self) -> None:
+        """Plain values (strings for paths and enums, lists for tuples) as the fields' types,
+        so that Python callers and stored checkpoints may give either."""
+        converted: dict[str, Any] = {
+            "data_dir": Path(self.data_dir).expanduser(),
+            "out_dir": Path(self.out_dir).expanduser(),
+            "method": _parse_method(self.method),
+            "schedule": parse_schedule_kind(str(self.schedule)),
+            "lr_milestones": tuple(self.lr_milestones),
+            "eval_methods": tuple(self.eval_methods),
+        }
+        if self.results_csv is not None:
+            converted["results_csv"] = Path(self.results_csv).expanduser()
+        for name, value in converted.items():
+            object.__setattr__(self, name, value)  # the dataclass is frozen
 
     @property
     def classes(self) -> int:
@@ -118,18 +135,6 @@ class TrainConfig:
         if unknown:
             raise UsageError(f"unknown training settings: {', '.join(unknown)}")
         v = dict(values)
-        for key in ("data_dir", "out_dir"):
-            if key in v:
-                v[key] = Path(v[key])
-        if v.get("results_csv") is not None:
-            v["results_csv"] = Path(v["results_csv"])
-        if "method" in v:
-            v["method"] = _parse_method(v["method"])
-        if "schedule" in v:
-            v["schedule"] = parse_schedule_kind(str(v["schedule"]))
-        for key in ("lr_milestones", "eval_methods"):
-            if key in v:
-                v[key] = tuple(v[key])
         missing = [k for k in ("dataset", "data_dir", "out_dir") if v.get(k) is None]
         if missing:
             names = ", ".join(f"`{k}`" for k in missing)
@@ -144,6 +149,8 @@ class TrainConfig:
 
 
 def _parse_method(value: Any) -> Method:
+    if isinstance(value, Method):
+        return value
     try:
         return Method(str(value).strip().lower())
     except ValueError:

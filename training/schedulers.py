@@ -4,11 +4,13 @@ Both schedules are pure functions of (epoch, batch), so a resumed run needs no
 scheduler state: epochs count from 1 and batches within an epoch from 0, as in
 auto_LiRPA's ``eps_scheduler`` whose values these reproduce.
 
-``SmoothedScheduler`` stays at zero until epoch ``start``, grows as a polynomial of
+:class:`EpsSchedule` has two shapes (:class:`ScheduleKind`), those of auto_LiRPA's
+``SmoothedScheduler`` and ``LinearScheduler`` (whose names :func:`parse_schedule_kind`
+accepts too). ``smoothed`` stays at zero until epoch ``start``, grows as a polynomial of
 degree ``beta`` (4) during the first ``mid`` (a quarter) of the ramp and then linearly,
 with a continuous slope, reaching ``max_eps`` after epoch ``start + length - 1``.
-``LinearScheduler`` grows linearly over ``length`` epochs, one step per epoch spread
-over its batches.
+``linear`` grows linearly over ``length`` epochs, one step per epoch spread over its
+batches.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 In eval mode a BatchNorm is a per-channel affine map, so ``BN(conv(x))`` equals a single
 convolution with rescaled weights. Bounding the folded network gives the same bounds
-(interval and linear relaxations pass exactly through affine maps) with fewer layers,
-which makes IBP several times faster on the CPU. The original model is left untouched.
+(interval and linear relaxations pass exactly through affine maps) with fewer layers to
+go through. The original model is left untouched.
 """
 
 from __future__ import annotations

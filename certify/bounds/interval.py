@@ -1,4 +1,9 @@
-"""Interval bound propagation (IBP), written by hand over the model's fx graph.
+"""Interval bound propagation (IBP), written by hand over the model's fx graph: the
+interpreter that walks the graph (traced by :mod:`certify.bounds.graph`) and calls the
+arithmetic of each layer (:mod:`certify.bounds.interval_arithmetic`,
+:mod:`certify.bounds.interval_autograd`, :mod:`certify.bounds.interval_onnx`) on the
+values of :mod:`certify.bounds.interval_values`. Training bounds its loss with it, and
+evaluation takes IBP bounds from it where it agrees with auto_LiRPA.
 
 One pass carries the clean activations and the interval of every activation over the
 L_inf ball (clipped to the pixel box [0, 1]) through the network. Carrying the clean
@@ -139,8 +144,7 @@ class IntervalNetwork:
         self, x: Tensor, eps: float, spec: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """Lower and upper IBP bounds as in ``__call__``, for evaluation: no clean pass,
-        no gradient, no pre-ReLU record, and intermediate intervals updated in place
-        (2-2.7 clean forward passes on a CPU, against about 3 through auto_LiRPA)."""
+        no gradient, no pre-ReLU record, and intermediate intervals updated in place."""
         lower = (x - eps).clamp_(0.0, 1.0)
         radius = (x + eps).clamp_(0.0, 1.0).sub_(lower).mul_(0.5)
         box = Bounds(None, lower.add_(radius), radius)

@@ -69,11 +69,11 @@ class IntervalBatchNorm(torch.autograd.Function):
     differentiable, as in auto_LiRPA): scale = w / sqrt(var + eps), shift = b - mean *
     scale; x and the centre map to x * scale + shift, the radius to r * |scale|. The
     backward is the derivative of exactly this, written out per channel so that it
-    needs a dozen passes over the activations where autograd needs about twice as many.
+    needs fewer passes over the activations than autograd's.
     Also returns the (detached) mean and variance for the running statistics.
 
-    The variance is E[x^2] - E[x]^2: two fast reductions where ``Tensor.var`` over the
-    batch and spatial dimensions is several times slower on CPU; pre-BatchNorm
+    The variance is E[x^2] - E[x]^2: two plain reductions, where ``Tensor.var`` over the
+    batch and spatial dimensions is slow on a CPU; pre-BatchNorm
     activations have means of the order of their spread, so float32 loses nothing that
     matters here.
     """
