@@ -20,3 +20,6 @@ class LoadedModel:
     std: tuple[float, ...]
     eps: float | None
     source_format: str
+    conversion_difference: float | None = None
+    """For an ONNX file, the largest difference of a logit between the converted network
+    and onnxruntime on the probe images; None for checkpoints (nothing was converted)."""

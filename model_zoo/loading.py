@@ -2,7 +2,8 @@
 
 ``load_model`` picks the reader by file suffix: ``.onnx`` files go through
 :mod:`model_zoo.onnx.loading`, everything else is read as a PyTorch checkpoint by
-:mod:`model_zoo.checkpoint`. Either way the result takes pixel images in [0, 1].
+:mod:`model_zoo.checkpoint`. Either way the result takes pixel images in [0, 1]; for an
+ONNX file it also records how far the converted network is from onnxruntime.
 """
 
 from __future__ import annotations
@@ -73,4 +74,5 @@ def _load_onnx(
         std=tuple(std) if std else (1.0,) * spec.channels,
         eps=None,
         source_format="onnx",
+        conversion_difference=loaded.conversion_difference,
     )

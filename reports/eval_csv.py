@@ -26,6 +26,7 @@ EVAL_COLUMNS = (
     "eps",
     "eps_value",
     "method",
+    "mode",
     "num_samples",
     "start",
     "clean_error",
@@ -59,15 +60,17 @@ def summary_rows(meta: Mapping[str, Any], summary: EvalSummary) -> list[dict[str
     return rows
 
 
-def sample_columns(methods: Sequence[BoundMethod]) -> list[str]:
+def sample_columns(methods: Sequence[BoundMethod], cascade: bool = False) -> list[str]:
+    """The per-image columns; a cascade's say also where PGD ran and what decided."""
     cols = ["index", "label", "clean_pred", "clean_correct", "pgd_robust"]
     for m in methods:
         cols += [f"verified_{m.value}", f"margin_lower_{m.value}"]
-    return cols + ["verified_any"]
+    return cols + ["verified_any"] + (["pgd_run", "decided_by"] if cascade else [])
 
 
 def sample_rows(outcomes: SampleOutcomes) -> list[dict[str, Any]]:
-    """One row per image, with the smallest margin lower bound of each method."""
+    """One row per image, with the smallest margin lower bound of each method (empty
+    where a cascade did not run the method)."""
     columns: dict[str, list] = {
         "index": outcomes.indices.tolist(),
         "label": outcomes.labels.tolist(),
@@ -79,6 +82,9 @@ def sample_rows(outcomes: SampleOutcomes) -> list[dict[str, Any]]:
         columns[f"verified_{m.value}"] = outcomes.verified(m).int().tolist()
         columns[f"margin_lower_{m.value}"] = lower.tolist()
     columns["verified_any"] = outcomes.verified_any().int().tolist()
+    if outcomes.decided_by is not None:
+        columns["pgd_run"] = outcomes.pgd_ran.int().tolist()
+        columns["decided_by"] = [d or "open" for d in outcomes.decided_by]
     return [
         dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
     ]

@@ -4,33 +4,51 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from certify.evaluation.outcomes import EvalSummary
+from certify.evaluation.outcomes import PGD_STAGE, EvalSummary
+
+_CAPTIONS = {
+    "cascade": (
+        "cascade: each image decided by the cheapest stage; a verified row counts the "
+        "methods up to it. Checked: no verified image is misclassified or attacked by PGD "
+        "({checked} verified images attacked)"
+    ),
+    "every-method": "checked: no verified image is misclassified or attacked by PGD",
+}
 
 
 def summary_table(title: str, summary: EvalSummary) -> Table:
-    """Errors in percent with counts, and the seconds each stage took."""
+    """Errors in percent with counts, what each stage decided and its seconds."""
+    cascade = summary.mode == "cascade"
     table = Table(
         title=title,
         title_justify="left",
         min_width=len(title),
-        caption="checked: no verified image is misclassified or attacked by PGD",
+        caption=_CAPTIONS[summary.mode].format(checked=summary.checked),
         caption_justify="left",
     )
     table.add_column("metric")
     table.add_column("error", justify="right")
     table.add_column("wrong / total", justify="right")
+    if cascade:
+        table.add_column("decided", justify="right")
     table.add_column("seconds", justify="right")
     n = summary.num_samples
 
-    def add(name: str, error: float, seconds: float | None, style: str = "") -> None:
+    def add(name: str, error: float, stage: str | None, style: str = "") -> None:
         wrong = round(error * n)
-        shown = "" if seconds is None else f"{seconds:.1f}"
-        table.add_row(name, f"{100 * error:.2f}%", f"{wrong} / {n}", shown, style=style)
+        seconds = summary.seconds.get(stage) if stage else None
+        cells = [name, f"{100 * error:.2f}%", f"{wrong} / {n}"]
+        if cascade:
+            cells.append(str(summary.decided.get(stage, 0)) if stage else "")
+        cells.append("" if seconds is None else f"{seconds:.1f}")
+        table.add_row(*cells, style=style)
 
-    add("clean", summary.clean_error, summary.seconds.get("clean"))
-    add("PGD", summary.pgd_error, summary.seconds.get("pgd"))
+    add("clean", summary.clean_error, "clean")
+    add("PGD", summary.pgd_error, PGD_STAGE)
     for method, error in summary.verified_error.items():
-        add(f"verified ({method.value})", error, summary.seconds.get(method.value))
+        add(f"verified ({method.value})", error, method.value)
     if len(summary.verified_error) > 1:
         add("verified (best)", summary.best_verified_error, None, style="bold")
+    if cascade and "check" in summary.seconds:
+        table.add_row("self-check", "", "", str(summary.checked), f"{summary.seconds['check']:.1f}")
     return table

@@ -7,7 +7,7 @@ import logging
 import torch
 
 from certify.bounds.margins import BoundMethod, MarginBounder
-from certify.evaluation.images import EvalConfig
+from certify.evaluation.images import EvalConfig, EvalMode
 from certify.evaluation.images import evaluate_images as evaluate
 from model_zoo import create_model
 
@@ -16,7 +16,9 @@ def test_out_of_memory_halves_the_chunk_and_gives_the_same_bounds(monkeypatch, c
     model = create_model("cnn_4layer", 1, 28, 10).eval()
     images = torch.rand(12, 1, 28, 28)
     labels = torch.randint(0, 10, (12,))
-    config = EvalConfig(eps=0.01, methods=(BoundMethod.CROWN,), crown_batch_size=8)
+    config = EvalConfig(
+        eps=0.01, methods=(BoundMethod.CROWN,), crown_batch_size=8, mode=EvalMode.EVERY_METHOD
+    )
     device = torch.device("cpu")
     reference, _ = evaluate(model, images, labels, config, device)
 

@@ -21,14 +21,21 @@ import logging
 import torch
 from torch import nn
 
-from certify.bounds.bounder import Bounder, BoundMethod, IntervalBounder, LirpaBounder
+from certify.bounds.bounder import (
+    AlphaCrownBounder,
+    AlphaCrownOptions,
+    Bounder,
+    BoundMethod,
+    IntervalBounder,
+    LirpaBounder,
+)
 from certify.bounds.fusion import fold_batchnorm
 from certify.bounds.interval import IntervalNetwork
 from certify.bounds.lirpa import EVALUATION_OPTIONS, bounded_module
 from certify.bounds.pruning import prune_dead_units
 from certify.core.errors import ModelError, UsageError, first_line
 
-__all__ = ["BoundMethod", "MarginBounder", "margin_matrix", "parse_methods"]
+__all__ = ["AlphaCrownOptions", "BoundMethod", "MarginBounder", "margin_matrix", "parse_methods"]
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +58,8 @@ def parse_methods(text: str | list[str] | tuple[str, ...]) -> list[BoundMethod]:
         if method not in methods:
             methods.append(method)
     if not methods:
-        raise UsageError("no bound method given: name at least one of ibp, crown-ibp, crown",
-                         param="methods")  # fmt: skip
+        valid = ", ".join(m.value for m in BoundMethod)
+        raise UsageError(f"no bound method given: name at least one of {valid}", param="methods")
     return methods
 
 
@@ -76,6 +83,7 @@ class MarginBounder:
         input_shape: tuple[int, ...],
         device: torch.device,
         hand_ibp: bool = True,
+        alpha: AlphaCrownOptions | None = None,
     ) -> None:
         self.device = device
         _refuse_unsupported_layers(model)
@@ -89,8 +97,12 @@ class MarginBounder:
             dummy = torch.zeros(1, *input_shape, device=device)
             self.num_classes = int(self.module(dummy).shape[-1])
         self._bounders: dict[BoundMethod, Bounder] = {
-            method: LirpaBounder(self.module, method) for method in BoundMethod
+            method: LirpaBounder(self.module, method)
+            for method in (BoundMethod.IBP, BoundMethod.CROWN_IBP, BoundMethod.CROWN)
         }
+        self._bounders[BoundMethod.ALPHA_CROWN] = AlphaCrownBounder(
+            self.module, alpha or AlphaCrownOptions()
+        )
         interval = self._checked_interval_network(model, input_shape) if hand_ibp else None
         if interval is not None:
             self._bounders[BoundMethod.IBP] = IntervalBounder(interval)

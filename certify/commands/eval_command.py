@@ -23,6 +23,7 @@ from certify.commands.base import CertifyCommand
 from certify.core.datasets import Dataset
 from certify.core.devices import DeviceChoice
 from certify.evaluation.images import ProgressFn
+from certify.pipeline.evaluate import DEFAULT_METHODS
 
 _METHODS_HELP = f"Comma-separated bound methods: {', '.join(m.value for m in BoundMethod)}."
 _DATASETS = ", ".join(d.value for d in Dataset)
@@ -52,9 +53,49 @@ def _floats(ctx: click.Context, param: click.Parameter, text: str | None):
 @click.option("--num-classes", type=int, help="Classes of a foreign checkpoint.")
 @click.option("--mean", callback=_floats, help="Per-channel mean, for ONNX models " + _OUTSIDE)
 @click.option("--std", callback=_floats, help="Per-channel std, for ONNX models " + _OUTSIDE)
-@click.option("--methods", default="ibp,crown-ibp,crown", show_default=True, help=_METHODS_HELP)
+@click.option(
+    "--methods",
+    default=",".join(m.value for m in DEFAULT_METHODS),
+    show_default=True,
+    help=_METHODS_HELP,
+)
+@click.option(
+    "--every-method",
+    is_flag=True,
+    help="Run each method and PGD on every image (default: a cascade that decides "
+    "each image with the cheapest stage that can).",
+)
+@click.option(
+    "--check-all",
+    is_flag=True,
+    help="In the cascade, attack every verified image as a check of the bounds "
+    "(default: a sample costing about 10% of the run).",
+)
 @click.option("--pgd-steps", default=100, show_default=True, type=int)
-@click.option("--pgd-restarts", default=1, show_default=True, type=int)
+@click.option(
+    "--pgd-restarts",
+    type=int,
+    help="Random starts per loss. [default: 2 in the cascade, 1 with --every-method]",
+)
+@click.option(
+    "--pgd-loss",
+    type=click.Choice(["margin", "ce", "both"]),
+    help="What PGD ascends. [default: both in the cascade, margin with --every-method]",
+)
+@click.option(
+    "--alpha-iterations",
+    default=20,
+    show_default=True,
+    type=int,
+    help="Optimization steps of alpha-CROWN.",
+)
+@click.option(
+    "--alpha-lr",
+    default=0.5,
+    show_default=True,
+    type=float,
+    help="Learning rate of alpha-CROWN's slopes.",
+)
 @click.option("--num-samples", type=int, help="Evaluate this many images (default: all).")
 @click.option(
     "--start",

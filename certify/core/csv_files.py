@@ -100,5 +100,5 @@ def write_rows(path: str | Path, rows: Sequence[Mapping[str, Any]], columns: Seq
 
 def _cell(value: Any) -> Any:
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return "" if value != value else f"{value:.6g}"  # NaN: nothing was measured
     return value

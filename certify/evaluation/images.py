@@ -1,5 +1,13 @@
 """Evaluating a model on images in memory: clean predictions, PGD and the margin lower
-bounds of each bound method, in chunks that fit in memory.
+bounds of the bound methods, in chunks that fit in memory.
+
+Two modes (:class:`EvalMode`). The **cascade** (the default) decides each image with the
+cheapest stage that can: the clean prediction, then IBP, then CROWN-IBP, then PGD on the
+images still open, then CROWN, then alpha-CROWN (the stages of the methods asked for,
+in that order). An image leaves as soon as it is misclassified, verified or attacked.
+A sample of the verified images is attacked too, as a check of the bounds
+(:func:`_self_check`). **Every method** runs each method, and PGD, on every image, for
+tables with one column per method.
 
 :func:`evaluate_images` returns the per-image :class:`~certify.evaluation.outcomes.SampleOutcomes`
 and the seconds each stage took. It reads no files: :mod:`certify.pipeline` loads the
@@ -11,15 +19,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 
 import torch
 from torch import nn
 
-from certify.bounds.margins import BoundMethod, MarginBounder
+from certify.bounds.margins import AlphaCrownOptions, BoundMethod, MarginBounder
 from certify.core.errors import UsageError
-from certify.evaluation.attack import PGDConfig, pgd_attack
-from certify.evaluation.outcomes import SampleOutcomes
+from certify.evaluation.attack import AttackLoss, PGDConfig, pgd_attack
+from certify.evaluation.outcomes import PGD_STAGE, SampleOutcomes
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +36,38 @@ ProgressFn = Callable[[str, int, int], None]
 """Called as ``progress(stage, images_just_done, images_in_stage)`` after every batch."""
 
 
+class EvalMode(StrEnum):
+    CASCADE = "cascade"
+    EVERY_METHOD = "every-method"
+
+
+# The attack of each mode when the caller does not choose: the cascade attacks only the
+# images that the bounds before it left open, so a stronger attack costs little there.
+DEFAULT_PGD = {
+    EvalMode.CASCADE: PGDConfig(steps=100, restarts=2, losses=(AttackLoss.MARGIN, AttackLoss.CE)),
+    EvalMode.EVERY_METHOD: PGDConfig(steps=100, restarts=1, losses=(AttackLoss.MARGIN,)),
+}
+# The self-check of the cascade attacks verified images until it has taken this share
+# of the rest of the run (always at least its first chunk).
+CHECK_SHARE = 0.1
+_FIRST_CHECK_CHUNK = 8
+
+# Methods that back-substitute through every layer for every ReLU layer: their memory
+# grows far faster than IBP's, so they get smaller chunks.
+_LINEAR_METHODS = (BoundMethod.CROWN, BoundMethod.ALPHA_CROWN)
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     eps: float
     methods: tuple[BoundMethod, ...] = tuple(BoundMethod)
-    pgd: PGDConfig = PGDConfig()
+    pgd: PGDConfig = field(default_factory=lambda: DEFAULT_PGD[EvalMode.CASCADE])
     batch_size: int = 256
-    # CROWN back-substitutes through every layer for every ReLU layer: its memory grows
-    # far faster than IBP's, so it gets smaller chunks.
     crown_batch_size: int = 32
     seed: int = 0
+    mode: EvalMode = EvalMode.CASCADE
+    check_all: bool = False
+    alpha: AlphaCrownOptions = field(default_factory=AlphaCrownOptions)
 
     def __post_init__(self) -> None:
         check_batch_sizes(self.batch_size, self.crown_batch_size)
@@ -48,6 +79,13 @@ def check_batch_sizes(batch_size: int, crown_batch_size: int) -> None:
             raise UsageError(f"{value} images per batch: give at least 1", param=name)
 
 
+def stages(methods: tuple[BoundMethod, ...]) -> list[str]:
+    """The stages of the cascade after the clean prediction, in order of cost."""
+    cheap = [m.value for m in BoundMethod if m in methods and m not in _LINEAR_METHODS]
+    linear = [m.value for m in BoundMethod if m in methods and m in _LINEAR_METHODS]
+    return [*cheap, PGD_STAGE, *linear]
+
+
 def evaluate_images(
     model: nn.Module,
     images: torch.Tensor,
@@ -57,65 +95,171 @@ def evaluate_images(
     first_index: int = 0,
     progress: ProgressFn | None = None,
 ) -> tuple[SampleOutcomes, dict[str, float]]:
-    """Run the clean pass, PGD and every bound method; return outcomes and seconds per stage."""
-    model = model.eval().to(device)
-    seconds = {"clean": 0.0, "pgd": 0.0} | {m.value: 0.0 for m in config.methods}
-    preds, robust = [], []
+    """Evaluate in ``config.mode``; return the outcomes and the seconds of each stage."""
+    run = _Run(model.eval().to(device), images, labels, config, device, first_index, progress)
+    if config.mode is EvalMode.EVERY_METHOD:
+        return run.every_method()
+    return run.cascade()
 
-    def clean_and_pgd(start: int, stop: int) -> None:
-        x, y = images[start:stop].to(device), labels[start:stop].to(device)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            pred = model(x).argmax(dim=1).cpu()
-        t1 = _sync_elapsed(t0, device)
-        index = torch.arange(first_index + start, first_index + stop)
-        t0 = time.perf_counter()
-        attacked = pgd_attack(model, x, y, config.eps, config.pgd, config.seed, index)[0].cpu()
-        # Only a chunk that completes counts: one that ran out of memory is redone.
-        seconds["clean"] += t1
-        seconds["pgd"] += _sync_elapsed(t0, device)
-        preds.append(pred)
-        robust.append(attacked)
-        _report(progress, "clean+pgd", stop - start, len(images))
 
-    _in_chunks(len(images), config.batch_size, "clean+pgd", clean_and_pgd)
-    outcomes = SampleOutcomes(
-        indices=torch.arange(first_index, first_index + len(images)),
-        labels=labels.cpu(),
-        clean_pred=torch.cat(preds),
-        pgd_robust=torch.cat(robust),
-    )
-    if config.methods:
-        bounder = MarginBounder(model, tuple(images.shape[1:]), device)
-        for method in config.methods:
+class _Run:
+    """One evaluation of a batch of images in memory."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        config: EvalConfig,
+        device: torch.device,
+        first_index: int,
+        progress: ProgressFn | None,
+    ) -> None:
+        self.model, self.images, self.labels = model, images, labels
+        self.config, self.device, self.progress = config, device, progress
+        self.indices = torch.arange(first_index, first_index + len(images))
+        self.seconds: dict[str, float] = {}
+        self._bounder: MarginBounder | None = None
+
+    @property
+    def bounder(self) -> MarginBounder:
+        if self._bounder is None:
+            shape = tuple(self.images.shape[1:])
+            self._bounder = MarginBounder(self.model, shape, self.device, alpha=self.config.alpha)
+        return self._bounder
+
+    def every_method(self) -> tuple[SampleOutcomes, dict[str, float]]:
+        everything = torch.arange(len(self.images))
+        predictions = self._predict()
+        robust = self._attack(everything, "pgd")
+        outcomes = SampleOutcomes(self.indices, self.labels.cpu(), predictions, robust)
+        for method in self.config.methods:
+            outcomes.margin_lower[method] = self._bound(everything, method)
+        return outcomes, self.seconds
+
+    def cascade(self) -> tuple[SampleOutcomes, dict[str, float]]:
+        n = len(self.images)
+        if self.config.methods:
+            # Built first, so that a model the methods cannot bound is refused before any
+            # work, whatever the images turn out to need.
+            _ = self.bounder
+        predictions = self._predict()
+        correct = predictions == self.labels.cpu()
+        decided = ["" if ok else "clean" for ok in correct.tolist()]
+        outcomes = SampleOutcomes(
+            self.indices, self.labels.cpu(), predictions, correct.clone(),
+            pgd_run=torch.zeros(n, dtype=torch.bool), decided_by=decided,
+        )  # fmt: skip
+        for stage in stages(self.config.methods):
+            todo = torch.tensor([i for i in range(n) if not decided[i]], dtype=torch.long)
+            if stage == PGD_STAGE:
+                robust = self._attack(todo, PGD_STAGE)
+                outcomes.pgd_run[todo] = True
+                outcomes.pgd_robust[todo] = robust
+                newly = todo[~robust]
+            else:
+                method = BoundMethod(stage)
+                lower = torch.full((n,), float("nan"))
+                lower[todo] = self._bound(todo, method)
+                outcomes.margin_lower[method] = lower
+                newly = todo[lower[todo] > 0]
+            for i in newly.tolist():
+                decided[i] = stage
+        self._self_check(outcomes)
+        return outcomes, self.seconds
+
+    def _self_check(self, outcomes: SampleOutcomes) -> None:
+        """PGD on verified images, in a random order fixed by the seed: all of them with
+        ``check_all``, else chunk after chunk (8 images, then doubling) until the check has
+        taken :data:`CHECK_SHARE` of the time of the rest of the run. An attacked one makes
+        the consistency check fail, naming it."""
+        verified = outcomes.verified_any() & ~outcomes.pgd_run
+        candidates = verified.nonzero().squeeze(1)
+        order = torch.randperm(
+            len(candidates), generator=torch.Generator().manual_seed(self.config.seed)
+        )
+        candidates = candidates[order]
+        rest = sum(self.seconds.values())
+        self.seconds["check"] = 0.0
+        done, chunk = 0, _FIRST_CHECK_CHUNK
+        while done < len(candidates):
+            if not self.config.check_all and done and self.seconds["check"] >= CHECK_SHARE * rest:
+                break
+            part = candidates[done : done + chunk]
+            robust = self._attack(part, "check")
+            outcomes.pgd_run[part] = True
+            outcomes.pgd_robust[part] = robust
+            done += len(part)
+            chunk *= 2
+
+    def _predict(self) -> torch.Tensor:
+        predictions = []
+
+        def predict(start: int, stop: int) -> None:
             t0 = time.perf_counter()
-            outcomes.margin_lower[method] = _bound_all(
-                bounder, images, labels, config, method, progress
+            with torch.no_grad():
+                x = self.images[start:stop].to(self.device)
+                predictions.append(self.model(x).argmax(dim=1).cpu())
+            self._add("clean", t0)
+            self._report("clean", stop - start, len(self.images))
+
+        _in_chunks(len(self.images), self.config.batch_size, "clean", predict)
+        return torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long)
+
+    def _attack(self, which: torch.Tensor, stage: str) -> torch.Tensor:
+        """PGD on images ``which`` (positions in the batch): whether each is robust."""
+        results = []
+        self.seconds.setdefault(stage, 0.0)
+
+        def attack(start: int, stop: int) -> None:
+            part = which[start:stop]
+            x, y = self.images[part].to(self.device), self.labels[part].to(self.device)
+            t0 = time.perf_counter()
+            robust, _ = pgd_attack(
+                self.model, x, y, self.config.eps, self.config.pgd, self.config.seed,
+                self.indices[part],
+            )  # fmt: skip
+            # Only a chunk that completes counts: one that ran out of memory is redone.
+            results.append(robust.cpu())
+            self._add(stage, t0)
+            self._report(stage, stop - start, len(which))
+
+        _in_chunks(len(which), self.config.batch_size, stage, attack)
+        return torch.cat(results) if results else torch.zeros(0, dtype=torch.bool)
+
+    def _bound(self, which: torch.Tensor, method: BoundMethod) -> torch.Tensor:
+        """The smallest margin lower bound of each of images ``which``."""
+        chunk = (
+            self.config.crown_batch_size if method in _LINEAR_METHODS else self.config.batch_size
+        )
+        stage = f"{method.value} (chunks of {chunk})"
+        self.seconds.setdefault(method.value, 0.0)
+        results = []
+        if len(which) == 0:
+            return torch.zeros(0)
+        bounder = self.bounder
+
+        def bound(start: int, stop: int) -> None:
+            part = which[start:stop]
+            t0 = time.perf_counter()
+            lower = bounder.lower_bounds(
+                self.images[part], self.labels[part], self.config.eps, method
             )
-            seconds[method.value] += _sync_elapsed(t0, device)
-    return outcomes, seconds
+            results.append(lower.min(dim=1).values.cpu())
+            self._add(method.value, t0)
+            self._report(stage, stop - start, len(which))
 
+        _in_chunks(len(which), chunk, method.value, bound)
+        return torch.cat(results)
 
-def _bound_all(
-    bounder: MarginBounder,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    config: EvalConfig,
-    method: BoundMethod,
-    progress: ProgressFn | None,
-) -> torch.Tensor:
-    """Minimum margin lower bound per sample, bounding in chunks that fit in memory."""
-    chunk = config.crown_batch_size if method is BoundMethod.CROWN else config.batch_size
-    stage = f"{method.value} (chunks of {chunk})"
-    results = []
+    def _add(self, stage: str, t0: float) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
 
-    def bound(start: int, stop: int) -> None:
-        lower = bounder.lower_bounds(images[start:stop], labels[start:stop], config.eps, method)
-        results.append(lower.min(dim=1).values.cpu())
-        _report(progress, stage, stop - start, len(images))
-
-    _in_chunks(len(images), chunk, method.value, bound)
-    return torch.cat(results)
+    def _report(self, stage: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(stage, done, total)
 
 
 def _in_chunks(total: int, chunk: int, what: str, step: Callable[[int, int], None]) -> None:
@@ -134,14 +278,3 @@ def _in_chunks(total: int, chunk: int, what: str, step: Callable[[int, int], Non
             torch.cuda.empty_cache()
             continue
         start = stop
-
-
-def _report(progress: ProgressFn | None, stage: str, done: int, total: int) -> None:
-    if progress is not None:
-        progress(stage, done, total)
-
-
-def _sync_elapsed(t0: float, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0

@@ -16,16 +16,29 @@ import torch
 from certify.bounds.bounder import BoundMethod
 from certify.core.errors import SoundnessError, UsageError
 
+# The stage name of the attack in a cascade's ``decided_by``; the others are "clean" and
+# the bound methods' names.
+PGD_STAGE = "pgd"
+
 
 @dataclass
 class SampleOutcomes:
-    """Per-sample results, one entry per image, all on the CPU."""
+    """Per-sample results, one entry per image, all on the CPU.
+
+    ``margin_lower[m]`` is the smallest margin lower bound of method ``m`` (NaN where the
+    cascade did not run ``m`` on the image). ``pgd_run`` says where PGD ran (None: on
+    every image); where it did not, ``pgd_robust`` follows from the image's verdict, a
+    verified image being robust. ``decided_by`` names, in a cascade, the stage that
+    decided each image ("clean", a method, "pgd"), or "" for one left open.
+    """
 
     indices: torch.Tensor
     labels: torch.Tensor
     clean_pred: torch.Tensor
     pgd_robust: torch.Tensor
     margin_lower: dict[BoundMethod, torch.Tensor] = field(default_factory=dict)
+    pgd_run: torch.Tensor | None = None
+    decided_by: list[str] | None = None
 
     @property
     def clean_correct(self) -> torch.Tensor:
@@ -44,6 +57,8 @@ class SampleOutcomes:
         def cat(values: list[torch.Tensor]) -> torch.Tensor:
             return torch.cat(values)[order]
 
+        cascade = parts[0].decided_by is not None
+        decided = [d for p in parts for d in (p.decided_by or [])]
         return SampleOutcomes(
             indices=indices[order],
             labels=cat([p.labels for p in parts]),
@@ -52,7 +67,16 @@ class SampleOutcomes:
             margin_lower={
                 m: cat([p.margin_lower[m] for p in parts]) for m in parts[0].margin_lower
             },
+            pgd_run=cat([p.pgd_ran for p in parts]) if cascade else None,
+            decided_by=[decided[i] for i in order.tolist()] if cascade else None,
         )
+
+    @property
+    def pgd_ran(self) -> torch.Tensor:
+        """Where PGD ran on the image."""
+        if self.pgd_run is None:
+            return torch.ones_like(self.pgd_robust)
+        return self.pgd_run
 
     def verified_any(self) -> torch.Tensor:
         result = torch.zeros_like(self.pgd_robust)
@@ -63,12 +87,20 @@ class SampleOutcomes:
 
 @dataclass
 class EvalSummary:
+    """Error rates of an evaluation. In a cascade, ``verified_error[m]`` is that of the
+    stages up to ``m`` together (the images that ``m`` or a cheaper method verified); with
+    every method on every image, that of ``m`` alone. ``decided`` counts, in a cascade,
+    the images each stage decided; ``checked`` the verified images that PGD attacked too."""
+
     num_samples: int
     clean_error: float
     pgd_error: float
     verified_error: dict[BoundMethod, float]
     best_verified_error: float
     seconds: dict[str, float]
+    mode: str = "every-method"
+    decided: dict[str, int] = field(default_factory=dict)
+    checked: int = 0
 
 
 def summarize(outcomes: SampleOutcomes, seconds: dict[str, float]) -> EvalSummary:
@@ -77,9 +109,22 @@ def summarize(outcomes: SampleOutcomes, seconds: dict[str, float]) -> EvalSummar
         raise UsageError("no samples were evaluated")
     clean_err = 1.0 - outcomes.clean_correct.float().mean().item()
     pgd_err = 1.0 - outcomes.pgd_robust.float().mean().item()
-    verified = {m: 1.0 - outcomes.verified(m).float().mean().item() for m in outcomes.margin_lower}
+    cascade = outcomes.decided_by is not None
+    verified: dict[BoundMethod, float] = {}
+    union = torch.zeros_like(outcomes.pgd_robust)
+    for method in outcomes.margin_lower:
+        union = union | outcomes.verified(method)
+        counted = union if cascade else outcomes.verified(method)
+        verified[method] = 1.0 - counted.float().mean().item()
     best = 1.0 - outcomes.verified_any().float().mean().item() if verified else float("nan")
-    return EvalSummary(n, clean_err, pgd_err, verified, best, dict(seconds))
+    checked = int((outcomes.verified_any() & outcomes.pgd_ran).sum())
+    summary = EvalSummary(n, clean_err, pgd_err, verified, best, dict(seconds), checked=checked)
+    if cascade:
+        summary.mode = "cascade"
+        summary.decided = {
+            s: outcomes.decided_by.count(s) for s in dict.fromkeys(outcomes.decided_by)
+        }
+    return summary
 
 
 def check_consistency(outcomes: SampleOutcomes) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from certify.bounds.margins import BoundMethod, parse_methods
+from certify.bounds.margins import AlphaCrownOptions, BoundMethod, parse_methods
 from certify.core.datasets import Dataset, get_spec, parse_dataset
 from certify.core.devices import describe_device, resolve_device
 from certify.core.eps import format_eps, parse_eps
@@ -30,15 +30,26 @@ from certify.core.errors import ModelError, UsageError, first_line
 from certify.core.shard import device_for, gather, leave, merge_seconds, shard_from_environment
 from certify.core.version import __version__
 from certify.data import load_split
-from certify.evaluation.attack import PGDConfig
-from certify.evaluation.images import EvalConfig, ProgressFn, check_batch_sizes, evaluate_images
+from certify.evaluation.attack import PGDConfig, parse_losses
+from certify.evaluation.images import (
+    DEFAULT_PGD,
+    EvalConfig,
+    EvalMode,
+    ProgressFn,
+    check_batch_sizes,
+    evaluate_images,
+)
 from certify.evaluation.outcomes import SampleOutcomes, check_consistency, summarize
 from certify.pipeline.embedded import EMBEDDED_DATA, EMBEDDED_MODEL
 from certify.pipeline.result import EvalResult
 from model_zoo import LoadedModel, load_model
 from model_zoo.normalization import NormalizedModel
+from model_zoo.onnx.check import check_conversion
 
+# alpha-CROWN costs tens of CROWN passes: named when wanted, not by default.
 DEFAULT_METHODS = (BoundMethod.IBP, BoundMethod.CROWN_IBP, BoundMethod.CROWN)
+# Data images that onnxruntime runs too, to check the conversion of an ONNX file.
+_CONVERSION_PROBES = 8
 
 
 def evaluate(
@@ -58,7 +69,12 @@ def evaluate(
     arch: str | None = None,
     num_classes: int | None = None,
     pgd_steps: int = 100,
-    pgd_restarts: int = 1,
+    pgd_restarts: int | None = None,
+    pgd_loss: str | None = None,
+    every_method: bool = False,
+    check_all: bool = False,
+    alpha_iterations: int = AlphaCrownOptions.iterations,
+    alpha_lr: float = AlphaCrownOptions.lr,
     seed: int = 0,
     name: str | None = None,
     progress: ProgressFn | None = None,
@@ -73,14 +89,25 @@ def evaluate(
     them (for a module, ``arch`` only names it in the results, as ``name`` does).
     ``progress(stage, done, total)`` is called after every batch.
 
+    By default each image is decided by the cheapest stage that can (a cascade: the clean
+    prediction, IBP, CROWN-IBP, PGD, CROWN, alpha-CROWN, of the ``methods`` named), and
+    a sample of the verified images is attacked as a check (``check_all``: every one);
+    ``every_method`` runs each method and PGD on every image instead. PGD takes
+    ``pgd_steps`` steps from ``pgd_restarts`` random starts per loss (``pgd_loss``:
+    margin, ce or both); the defaults depend on the mode
+    (:data:`~certify.evaluation.images.DEFAULT_PGD`). alpha-CROWN optimizes its slopes
+    for ``alpha_iterations`` steps at learning rate ``alpha_lr``.
+
     Raises :class:`~certify.core.errors.SoundnessError` if a verified image was
     misclassified or attacked. Under ``torchrun`` each process evaluates its shard of the
     images; rank 0 returns the merged result and the other processes return None.
     """
+    mode = EvalMode.EVERY_METHOD if every_method else EvalMode.CASCADE
     args = _checked_arguments(
-        eps, methods, num_samples, start, batch_size, crown_batch_size, pgd_steps,
-        pgd_restarts, mean, std, device,
+        eps, methods, num_samples, start, batch_size, crown_batch_size, mean, std, device,
     )  # fmt: skip
+    pgd = _attack(mode, pgd_steps, pgd_restarts, pgd_loss)
+    alpha = AlphaCrownOptions(alpha_iterations, alpha_lr)
     loaded, source = _load(model, arch, dataset, num_classes, args.mean, args.std)
     if dataset is None and loaded.dataset is None:
         raise UsageError(f"{source} does not say its data set: give one", param="dataset")
@@ -91,13 +118,24 @@ def evaluate(
     folder = Path(data_dir).expanduser() if data_dir else _default_data_dir(model, chosen)
     data = load_split(chosen, folder, "test", start, num_samples)
     _check_input_shape(loaded.model, data.images, chosen, source)
+    if loaded.conversion_difference is not None:
+        # Also the images at hand, against the original graph: a converter bug that only
+        # shows on real images must not go unseen.
+        on_data = check_conversion(
+            loaded.model, Path(model), loaded.input_shape, mean=loaded.mean, std=loaded.std,
+            images=data.images[:_CONVERSION_PROBES],
+        )  # fmt: skip
+        loaded.conversion_difference = max(loaded.conversion_difference, on_data)
     config = EvalConfig(
         eps=eps_value,
         methods=tuple(args.methods),
-        pgd=args.pgd,
+        pgd=pgd,
         batch_size=batch_size,
         crown_batch_size=crown_batch_size,
         seed=seed,
+        mode=mode,
+        check_all=check_all,
+        alpha=alpha,
     )
     outcomes, seconds, processes = _evaluate_sharded(
         loaded.model, data.images, data.labels, data.start, config, args.device, progress
@@ -112,10 +150,13 @@ def evaluate(
         "eps": format_eps(eps_value),
         "eps_value": eps_value,
         "start": data.start,
-        "pgd_steps": args.pgd.steps,
-        "pgd_restarts": args.pgd.restarts,
+        "mode": mode.value,
+        "pgd_steps": pgd.steps,
+        "pgd_restarts": pgd.restarts,
+        "pgd_loss": ",".join(loss.value for loss in pgd.losses),
         "device": describe_device(args.device)
         + (f" x{processes} processes" if processes > 1 else ""),
+        "onnx_difference": loaded.conversion_difference,
         "torch": torch.__version__,
         "certify": __version__,
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
@@ -127,7 +168,6 @@ def evaluate(
 class _Arguments:
     eps: float | None
     methods: list[BoundMethod]
-    pgd: PGDConfig
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
     device: torch.device
@@ -140,8 +180,6 @@ def _checked_arguments(
     start: int,
     batch_size: int,
     crown_batch_size: int,
-    pgd_steps: int,
-    pgd_restarts: int,
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
     device: str | torch.device,
@@ -161,10 +199,19 @@ def _checked_arguments(
     return _Arguments(
         eps=parse_eps(eps) if eps is not None else None,
         methods=parse_methods(methods if isinstance(methods, str) else [str(m) for m in methods]),
-        pgd=PGDConfig(steps=pgd_steps, restarts=pgd_restarts),
         mean=tuple(float(v) for v in mean) if mean is not None else None,
         std=tuple(float(v) for v in std) if std is not None else None,
         device=device if isinstance(device, torch.device) else resolve_device(device),
+    )
+
+
+def _attack(mode: EvalMode, steps: int, restarts: int | None, loss: str | None) -> PGDConfig:
+    """The attack asked for, the mode's default where an argument is None."""
+    default = DEFAULT_PGD[mode]
+    return PGDConfig(
+        steps=steps,
+        restarts=default.restarts if restarts is None else restarts,
+        losses=default.losses if loss is None else parse_losses(loss),
     )
 
 

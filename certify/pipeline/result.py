@@ -44,8 +44,7 @@ class EvalResult:
     @property
     def samples(self) -> pd.DataFrame:
         """One row per image, with the columns of the per-image CSV file."""
-        columns = sample_columns(list(self.outcomes.margin_lower))
-        return pd.DataFrame(sample_rows(self.outcomes), columns=columns)
+        return pd.DataFrame(sample_rows(self.outcomes), columns=self._sample_columns())
 
     def title(self) -> str:
         m = self.settings
@@ -58,15 +57,22 @@ class EvalResult:
         """The rich table that ``certify eval`` prints."""
         return summary_table(self.title(), self.summary)
 
+    def _sample_columns(self) -> list[str]:
+        cascade = self.outcomes.decided_by is not None
+        return sample_columns(list(self.outcomes.margin_lower), cascade)
+
     def to_json(self) -> dict[str, Any]:
         s = self.summary
+        cascade = {"decided": s.decided} if s.mode == "cascade" else {}
         return self.settings | {
             "num_samples": s.num_samples,
             "clean_error": s.clean_error,
             "pgd_error": s.pgd_error,
             "verified_error": {m.value: e for m, e in s.verified_error.items()},
             "best_verified_error": s.best_verified_error,
+            **cascade,
             "seconds": s.seconds,
+            "pgd_checked_verified": s.checked,
             # evaluate raises before a result exists when this does not hold.
             "checked": "every verified image is classified correctly and withstood PGD",
         }
@@ -84,7 +90,6 @@ class EvalResult:
             append_rows(out, summary_rows(self.settings, self.summary), EVAL_COLUMNS)
             written.append(out)
         if per_sample is not None:
-            columns = sample_columns(list(self.outcomes.margin_lower))
-            write_rows(per_sample, sample_rows(self.outcomes), columns)
+            write_rows(per_sample, sample_rows(self.outcomes), self._sample_columns())
             written.append(per_sample)
         return written

@@ -1,7 +1,8 @@
 """Step 4 of loading an ONNX file: :func:`load_onnx` runs the steps and wraps the result.
 
 This module decides the image layout and wraps the converted network so that batches of
-images in the data set's layout reach it in the layout it declares.
+images in the data set's layout reach it in the layout it declares; step 5
+(:mod:`~model_zoo.onnx.check`) then compares the wrapped network with onnxruntime.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 
 from certify.core.errors import ModelError, UsageError, first_line
 from model_zoo.normalization import NormalizedModel
+from model_zoo.onnx.check import check_conversion, load_onnxruntime
 from model_zoo.onnx.convert import convert, lower_opset, raise_on_unsupported
 from model_zoo.onnx.file import io_shapes, read_model
 from model_zoo.onnx.graph import normalize_graph
@@ -44,6 +46,9 @@ class LoadedOnnx:
     """The opset the graph was lowered to before conversion (equal if untouched)."""
     producer: str
     path: Path
+    conversion_difference: float
+    """The largest difference of a logit from onnxruntime's on the probe images (see
+    :func:`~model_zoo.onnx.check.check_conversion`)."""
     rewrites: list[str] = field(default_factory=list)
     """One line per graph rewrite that was applied, for logs."""
 
@@ -92,23 +97,35 @@ def load_onnx(
     std: Sequence[float] | None = None,
     input_shape: tuple[int, int, int] | None = None,
 ) -> LoadedOnnx:
-    """Load, check, rewrite and convert the ONNX classifier at ``path``.
+    """Load, check, rewrite and convert the ONNX classifier at ``path``, and check the
+    conversion against onnxruntime.
 
     ``input_shape`` is the data set's (C, H, W); without it the graph's own 4-d input
     shape is taken as N x C x H x W. ``mean``/``std`` are for models that were trained
     on normalized inputs but do not normalize themselves.
 
+    onnxruntime runs the graph as read from the file (before the rewrites) on probe
+    images, normalized with ``mean``/``std`` and in the graph's declared layout, and the
+    wrapped torch module must give the same logits
+    (:func:`~model_zoo.onnx.check.check_conversion`); the largest difference is kept
+    as :attr:`LoadedOnnx.conversion_difference`.
+
     Raises :class:`CheckpointError` for a missing, unreadable or unsafe file,
-    :class:`ModelError` for a graph that is invalid or cannot be converted, and
-    :class:`UsageError` for mean/std that do not fit.
+    :class:`ModelError` for a graph that is invalid, cannot be converted, or converts
+    into a module that computes something else than onnxruntime (or when onnxruntime is
+    missing), and :class:`UsageError` for mean/std that do not fit.
     """
     path = Path(path)
+    load_onnxruntime()  # before the work it would check
     proto = read_model(path)
     opset = default_opset(proto)
     producer = f"{proto.producer_name} {proto.producer_version}".strip() or "unknown"
     declared_in, declared_out = io_shapes(proto)
     shape, channels_last = _resolve_layout(declared_in, input_shape)
     _check_normalization(mean, std, shape[0])
+    # onnxruntime checks the conversion against the graph as read; the rewrites edit the
+    # proto in place. Protobuf cannot serialize 2 GiB or more: then it reads the file.
+    original: bytes | Path = path if proto.ByteSize() >= 2**31 else proto.SerializeToString()
     rewrites: list[str] = []
     proto = normalize_graph(proto, rewrites)
     onnx2torch = load_onnx2torch()
@@ -122,6 +139,12 @@ def load_onnx(
         model = NormalizedModel(model, mean, std)
     model.eval()
     _check_batching(model, shape, path)
+    try:
+        difference = check_conversion(
+            model, original, shape, mean=mean, std=std, channels_last=channels_last
+        )
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from None
     return LoadedOnnx(
         model=model,
         input_shape=shape,
@@ -132,6 +155,7 @@ def load_onnx(
         converted_opset=default_opset(proto),
         producer=producer,
         path=path,
+        conversion_difference=difference,
         rewrites=rewrites,
     )
 
