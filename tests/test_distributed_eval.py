@@ -40,7 +40,9 @@ def test_two_processes_write_what_one_writes(tmp_path, shared_data) -> None:
     assert [r["index"] for r in sharded] == [str(i) for i in range(100, 145)]
     for one, two in zip(single, sharded, strict=True):
         for key in one:
-            if key.startswith("margin_lower"):
+            if key == "pgd_run":
+                continue  # the self-check's sample of verified images is drawn per process
+            if key.startswith("margin_lower") and one[key] and two[key]:
                 assert float(one[key]) == pytest.approx(float(two[key]), rel=1e-4, abs=1e-4)
             else:
                 assert one[key] == two[key], (key, one["index"])

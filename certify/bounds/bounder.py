@@ -11,7 +11,9 @@ and the pre-ReLU intervals, and switches BatchNorm between train and eval mode
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -21,9 +23,9 @@ from torch import Tensor
 
 from certify.bounds.interval import IntervalNetwork
 from certify.bounds.interval_values import IntervalResult
-from certify.bounds.lirpa import perturbed
+from certify.bounds.lirpa import bound_failure, perturbed
 from certify.core.devices import exact_float32
-from certify.core.errors import UsageError
+from certify.core.errors import CertifyError, UsageError
 
 
 class BoundMethod(StrEnum):
@@ -92,11 +94,17 @@ class LirpaBounder:
         self.method = method
 
     def bounds(self, x: Tensor, eps: float, spec: Tensor) -> IntervalResult:
-        with torch.no_grad(), exact_float32():
-            lower, _ = self.module.compute_bounds(
-                x=(perturbed(x, eps),), C=spec, method=self.method.lirpa_name, bound_upper=False
-            )
-        return IntervalResult(None, lower.detach(), None)
+        with _one_line_errors(self.method):
+            lower = _lirpa_lower(self.module, x, eps, spec, self.method.lirpa_name)
+        return IntervalResult(None, lower, None)
+
+
+def _lirpa_lower(module: Any, x: Tensor, eps: float, spec: Tensor, method: str) -> Tensor:
+    with torch.no_grad(), exact_float32():
+        lower, _ = module.compute_bounds(
+            x=(perturbed(x, eps),), C=spec, method=method, bound_upper=False
+        )
+    return lower.detach()
 
 
 class AlphaCrownBounder:
@@ -111,10 +119,10 @@ class AlphaCrownBounder:
     def __init__(self, module: Any, options: AlphaCrownOptions) -> None:
         self.module = module
         self.options = options
-        self._crown = LirpaBounder(module, BoundMethod.CROWN)
 
     def bounds(self, x: Tensor, eps: float, spec: Tensor) -> IntervalResult:
-        crown = self._crown.bounds(x, eps, spec).lower
+        with _one_line_errors(BoundMethod.ALPHA_CROWN):
+            crown = _lirpa_lower(self.module, x, eps, spec, BoundMethod.CROWN.lirpa_name)
         self.module.set_bound_opts(
             {
                 "optimize_bound_args": {
@@ -127,9 +135,26 @@ class AlphaCrownBounder:
         )
         # The slopes are optimized by gradient descent; the network's weights stay fixed.
         # auto_LiRPA 0.3 steps its learning-rate schedule first, which torch warns about.
-        with torch.enable_grad(), exact_float32(), warnings.catch_warnings():
+        with (
+            torch.enable_grad(),
+            exact_float32(),
+            warnings.catch_warnings(),
+            _one_line_errors(BoundMethod.ALPHA_CROWN),
+        ):
             warnings.simplefilter("ignore", UserWarning)
             lower, _ = self.module.compute_bounds(
                 x=(perturbed(x, eps),), C=spec, method="CROWN-Optimized", bound_upper=False
             )
         return IntervalResult(None, torch.maximum(lower.detach(), crown), None)
+
+
+@contextlib.contextmanager
+def _one_line_errors(method: BoundMethod) -> Iterator[None]:
+    """auto_LiRPA raises bare exceptions from deep inside; the user gets one line. Running
+    out of GPU memory passes through, for the caller to halve the chunk."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, CertifyError):
+        raise
+    except Exception as exc:
+        raise bound_failure(exc, method.value) from exc

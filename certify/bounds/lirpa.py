@@ -27,9 +27,16 @@ from certify.core.errors import ModelError, first_line
 # the rest, so an image's CROWN bound would depend on the other images in its batch.
 # Every intermediate bound by CROWN, as the method is defined, gives each image the same
 # bounds in any batch.
+#
+# alpha-CROWN keeps one slope per neuron and image. 0.3's sparse variants keep slopes
+# only for neurons unstable in some image of the batch, and index them with masks that do
+# not fit strided convolutions in patches mode (a shape mismatch inside auto_LiRPA): the
+# dense slopes are exact and per image.
 EVALUATION_OPTIONS: Mapping[str, Any] = {
     "conv_mode": "patches",
     "sparse_intermediate_bounds": False,
+    "sparse_features_alpha": False,
+    "sparse_spec_alpha": False,
 }
 # CROWN-IBP takes its intermediate bounds by IBP, so sparsity changes nothing there.
 TRAINING_OPTIONS: Mapping[str, Any] = {"conv_mode": "patches"}
@@ -90,3 +97,27 @@ def _cannot_bound(exc: BaseException, records: list[str]) -> str:
     if ops:
         return f"auto_LiRPA cannot bound these operators: {', '.join(ops)}"
     return f"auto_LiRPA cannot bound this model: {first_line(exc)}"
+
+
+def bound_failure(exc: BaseException, method: str) -> ModelError:
+    """The one-line error for an exception raised inside auto_LiRPA while ``method``
+    bounded a batch: the method, the operator being bounded when it is known, and what
+    the user can do instead."""
+    operator = _failing_operator(exc)
+    where = f" at {operator}" if operator else ""
+    return ModelError(
+        f"{method} failed inside auto_LiRPA{where} ({type(exc).__name__}: {first_line(exc)}); "
+        "use another bound method, or a smaller `crown_batch_size` if memory ran out"
+    )
+
+
+def _failing_operator(exc: BaseException) -> str | None:
+    """The innermost auto_LiRPA operator node (a ``Bound*`` module) on the traceback."""
+    found = None
+    frame = exc.__traceback__
+    while frame is not None:
+        owner = frame.tb_frame.f_locals.get("self")
+        if type(owner).__module__.startswith("auto_LiRPA.operators"):
+            found = f"{type(owner).__name__} ({getattr(owner, 'name', '?')})"
+        frame = frame.tb_next
+    return found

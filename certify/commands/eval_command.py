@@ -107,7 +107,11 @@ def _floats(ctx: click.Context, param: click.Parameter, text: str | None):
     help="Index of the first image (--first-index under torchrun, which claims --start).",
 )
 @click.option("--batch-size", default=256, show_default=True, type=int)
-@click.option("--crown-batch-size", default=32, show_default=True, type=int)
+@click.option(
+    "--crown-batch-size",
+    type=int,
+    help="Images per CROWN and alpha-CROWN chunk. [default: what fits in memory, at most 32]",
+)
 @click.option("--device", default="auto", show_default=True, help=f"{_DEVICES}, or cuda:N.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Append summary rows to this CSV.")
 @click.option("--per-sample", type=click.Path(dir_okay=False), help="Write one row per image.")

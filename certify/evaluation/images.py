@@ -28,6 +28,7 @@ from torch import nn
 from certify.bounds.margins import AlphaCrownOptions, BoundMethod, MarginBounder
 from certify.core.errors import UsageError
 from certify.evaluation.attack import AttackLoss, PGDConfig, pgd_attack
+from certify.evaluation.memory import chunk_size
 from certify.evaluation.outcomes import PGD_STAGE, SampleOutcomes
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,9 @@ CHECK_SHARE = 0.1
 _FIRST_CHECK_CHUNK = 8
 
 # Methods that back-substitute through every layer for every ReLU layer: their memory
-# grows far faster than IBP's, so they get smaller chunks.
+# grows far faster than IBP's, so they get smaller chunks, chosen from the memory at hand
+# (certify.evaluation.memory) up to this many images unless the caller fixes them.
+DEFAULT_CROWN_CHUNK = 32
 _LINEAR_METHODS = (BoundMethod.CROWN, BoundMethod.ALPHA_CROWN)
 
 
@@ -63,7 +66,8 @@ class EvalConfig:
     methods: tuple[BoundMethod, ...] = tuple(BoundMethod)
     pgd: PGDConfig = field(default_factory=lambda: DEFAULT_PGD[EvalMode.CASCADE])
     batch_size: int = 256
-    crown_batch_size: int = 32
+    # None: as many as fit in the memory at hand, up to DEFAULT_CROWN_CHUNK.
+    crown_batch_size: int | None = None
     seed: int = 0
     mode: EvalMode = EvalMode.CASCADE
     check_all: bool = False
@@ -73,9 +77,9 @@ class EvalConfig:
         check_batch_sizes(self.batch_size, self.crown_batch_size)
 
 
-def check_batch_sizes(batch_size: int, crown_batch_size: int) -> None:
+def check_batch_sizes(batch_size: int, crown_batch_size: int | None) -> None:
     for name, value in (("batch_size", batch_size), ("crown_batch_size", crown_batch_size)):
-        if value < 1:
+        if value is not None and value < 1:
             raise UsageError(f"{value} images per batch: give at least 1", param=name)
 
 
@@ -120,6 +124,7 @@ class _Run:
         self.indices = torch.arange(first_index, first_index + len(images))
         self.seconds: dict[str, float] = {}
         self._bounder: MarginBounder | None = None
+        self._chunks: dict[BoundMethod, int] = {}
 
     @property
     def bounder(self) -> MarginBounder:
@@ -229,9 +234,7 @@ class _Run:
 
     def _bound(self, which: torch.Tensor, method: BoundMethod) -> torch.Tensor:
         """The smallest margin lower bound of each of images ``which``."""
-        chunk = (
-            self.config.crown_batch_size if method in _LINEAR_METHODS else self.config.batch_size
-        )
+        chunk = self._chunk(which, method)
         stage = f"{method.value} (chunks of {chunk})"
         self.seconds.setdefault(method.value, 0.0)
         results = []
@@ -251,6 +254,25 @@ class _Run:
 
         _in_chunks(len(which), chunk, method.value, bound)
         return torch.cat(results)
+
+    def _chunk(self, which: torch.Tensor, method: BoundMethod) -> int:
+        """Images per call of ``method``: the batch size for IBP and CROWN-IBP; for the
+        linear methods the caller's chunk, else what fits in memory (probed once)."""
+        if method not in _LINEAR_METHODS:
+            return self.config.batch_size
+        if self.config.crown_batch_size is not None:
+            return self.config.crown_batch_size
+        if method not in self._chunks:
+            if len(which) < 2:
+                return 1
+            x, y = self.images[which[:2]], self.labels[which[:2]]
+            eps = self.config.eps
+
+            def probe(k: int) -> None:
+                self.bounder.lower_bounds(x[:k], y[:k], eps, method)
+
+            self._chunks[method] = chunk_size(probe, self.device, DEFAULT_CROWN_CHUNK, method.value)
+        return self._chunks[method]
 
     def _add(self, stage: str, t0: float) -> None:
         if self.device.type == "cuda":
