@@ -1,9 +1,10 @@
-"""The training benchmarks still run end to end, on a few real images: their figures come
+"""The benchmarks still run end to end, on a few real images: their figures come
 from full runs (see docs/benchmarks.md), but a renamed function or a broken import would
 otherwise only show when someone next measures."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -65,3 +66,22 @@ def test_short_warmup_trains_both_methods_on_real_cifar(shared_data: Path) -> No
         # Verified error can never be below clean error: a verified image is classified right.
         val_verified, clean, verified = map(float, errors)
         assert 0 <= clean <= verified <= 100 and 0 <= val_verified <= 100
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_every_step_on_the_cpu(shared_data: Path) -> None:
+    models = REPO_ROOT.parent / "shared" / "models"
+    if not (models / "cifar10_resnet_4b.onnx").is_file():
+        pytest.skip(f"{models} not found")
+    run = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--device", "cpu", "--quick",
+         "--data-dir", str(shared_data), "--models-dir", str(models)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHON": sys.executable},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = run.stdout
+    assert 0.5 < _figure(r"ibp\s+[\d.]+ s \w+ time\s+([\d.]+)x", out) < 10
+    assert 0 <= _figure(r"CROWN verified error ([\d.]+)", out) <= 1
+    assert _figure(r"epoch time ([\d.]+) s", out) > 0
+    assert _figure(r"1 process\(es\): ([\d.]+) s wall", out) > 0
