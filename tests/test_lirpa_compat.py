@@ -13,6 +13,7 @@ import contextlib
 import importlib
 import importlib.util
 import io
+import os
 import subprocess
 import sys
 import types
@@ -26,12 +27,16 @@ import torch
 from torch import nn
 
 from certify.bounds import lirpa_compat as lirpa
+from certify.bounds.margins import BoundMethod, MarginBounder, margin_matrix
 from certify.core.errors import CertifyError
 from model_zoo.normalization import NormalizedModel
+from model_zoo.onnx.loading import load_onnx
+from tests.conftest import REPO_ROOT
 
 EPS = 0.03
 TOL = 1e-5  # soundness: float32 rounding only
 AGREE = 1e-4  # two bound computations that should be the same arithmetic
+SHARED_MODELS = REPO_ROOT.parent / "shared" / "models"
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +95,37 @@ def _assert_sound(
     below = (lb.unsqueeze(1) - out).max().item()
     above = (out - ub.unsqueeze(1)).max().item()
     assert below <= TOL and above <= TOL, f"unsound by {max(below, above):.3g}"
+
+
+def _assert_margins_sound(
+    model: nn.Module, x: torch.Tensor, labels: torch.Tensor, lower: torch.Tensor, eps: float
+) -> None:
+    """No margin z_y - z_j of the plain model at sampled points of the box is below its
+    lower bound (lower is (N, K-1), as MarginBounder gives it)."""
+    C = margin_matrix(labels, lower.shape[1] + 1)
+    _assert_sound(model, x, lower, torch.full_like(lower, float("inf")), eps, C)
+
+
+def _run_alone(test: str, skip: str = "") -> subprocess.CompletedProcess[str]:
+    """Run ``test`` of this file by itself in a fresh interpreter, leaving out the
+    patches named in ``skip``."""
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x"]
+    return subprocess.run(
+        [*command, f"{Path(__file__).resolve()}::{test}"],
+        cwd=REPO_ROOT, env={**os.environ, lirpa.SKIP_ENV: skip},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def _fails_without(patch: str, test: str, expected: str) -> None:
+    """``test`` fails when run with ``patch`` left out, and with ``expected`` (the
+    breakage the patch is for) in its report."""
+    if patch not in lirpa.applied_patches():
+        pytest.skip(f"this auto_LiRPA does not need {patch}")
+    result = _run_alone(test, skip=patch)
+    report = result.stdout + result.stderr
+    assert result.returncode == 1, f"{test} does not fail without {patch}:\n{report[-3000:]}"
+    assert expected in report, f"{test} fails otherwise without {patch}:\n{report[-3000:]}"
 
 
 def _assert_close(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...], tol: float = AGREE):
@@ -504,3 +540,195 @@ def test_onnx2torch_batchnorm(auto_lirpa: types.ModuleType) -> None:
             got = _bounds(converted, x, method, mode)
             _assert_sound(converted, x, *got)
             _assert_close(got, _bounds(net, x, method, mode))
+
+
+# --- dense layers as MatMul + Add, Pad ---------------------------------------------------
+
+
+class _DenseAsMatMulAdd(nn.Module):
+    """A Keras-style network, as tf2onnx writes it: N x H x W x C input, a Transpose to
+    NCHW for the convolution and back before flattening, dense layers as MatMul + Add
+    (onnx2torch makes their weights and biases buffers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.w1, self.b1 = nn.Parameter(torch.randn(64, 5) / 8), nn.Parameter(torch.randn(5))
+        self.w2, self.b2 = nn.Parameter(torch.randn(5, 3) / 2), nn.Parameter(torch.randn(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+        h = torch.relu(h.reshape(x.shape[0], -1) @ self.w1 + self.b1)
+        return h @ self.w2 + self.b2
+
+    def reference(self) -> nn.Sequential:
+        """The same function of N x C x H x W images with nn.Linear layers: the first
+        one reads the features in (C, H, W) order."""
+        first, second = nn.Linear(64, 5), nn.Linear(5, 3)
+        with torch.no_grad():
+            first.weight.copy_(self.w1.view(4, 4, 4, 5).permute(3, 2, 0, 1).reshape(5, 64))
+            first.bias.copy_(self.b1)
+            second.weight.copy_(self.w2.t())
+            second.bias.copy_(self.b2)
+        return nn.Sequential(self.conv, nn.ReLU(), nn.Flatten(), first, nn.ReLU(), second)
+
+
+def test_dense_layers_as_matmul_and_add(auto_lirpa: types.ModuleType, tmp_path: Path) -> None:
+    """An NHWC ONNX model whose dense layers are MatMul + Add: every method bounds it
+    (CROWN-IBP failed in concretize, CROWN in get_sparse_C), soundly, and as tightly as
+    the same network with nn.Linear layers (and, for IBP, interval arithmetic)."""
+    import onnx
+
+    torch.manual_seed(6)
+    model = _DenseAsMatMulAdd().eval()
+    path = tmp_path / "dense_as_matmul_add.onnx"
+    torch.onnx.export(model, (torch.rand(1, 6, 6, 3),), path, dynamo=False, opset_version=13)
+    assert {"Transpose", "MatMul", "Add"} <= {n.op_type for n in onnx.load(path).graph.node}
+    loaded = load_onnx(path, input_shape=(3, 6, 6))
+    reference = model.reference().eval()
+    x, labels = torch.rand(3, 3, 6, 6), torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(x), reference(x), atol=1e-5)
+    cpu = torch.device("cpu")
+    ours, theirs = (
+        MarginBounder(loaded.model, (3, 6, 6), cpu),
+        MarginBounder(reference, (3, 6, 6), cpu),
+    )
+    assert theirs.hand_ibp
+    # IBP bounds the logits of MatMul + Add, then their differences (nn.Linear's IBP
+    # folds the margins into the last layer, which is tighter).
+    logits = _interval(reference, *_box(x))
+    C = margin_matrix(labels, 3)
+    expected = {
+        BoundMethod.IBP: C.clamp(min=0) @ logits[0].unsqueeze(-1)
+        + C.clamp(max=0) @ logits[1].unsqueeze(-1)
+    }
+    for method in (BoundMethod.IBP, BoundMethod.CROWN_IBP, BoundMethod.CROWN):
+        lower = ours.lower_bounds(x, labels, EPS, method)
+        assert torch.isfinite(lower).all(), method
+        _assert_margins_sound(loaded.model, x, labels, lower, EPS)
+        reference_lower = expected.get(method)
+        if reference_lower is None:
+            reference_lower = theirs.lower_bounds(x, labels, EPS, method)
+        _assert_close((lower,), (reference_lower.view_as(lower),))
+
+
+def _pooling_as_convolution(channels: int, padding: int) -> nn.Conv2d:
+    conv = nn.Conv2d(channels, channels, 2, stride=2, padding=padding, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(
+            torch.eye(channels).view(channels, channels, 1, 1).expand(-1, -1, 2, 2) / 4
+        )
+    return conv
+
+
+def test_pad_before_average_pooling(auto_lirpa: types.ModuleType) -> None:
+    """F.pad (nn.ZeroPad2d, onnx2torch's Pad) traces to a Pad whose pads are attributes.
+    Compare with the padding done by the pooling written as a convolution, and check an
+    uneven padding against interval arithmetic and sampling."""
+    torch.manual_seed(7)
+    conv, head = nn.Conv2d(2, 3, 3), nn.Linear(3 * 3 * 3, 3)
+    padded = nn.Sequential(conv, nn.ReLU(), nn.ZeroPad2d(1), nn.AvgPool2d(2), nn.Flatten(), head)
+    reference = nn.Sequential(conv, nn.ReLU(), _pooling_as_convolution(3, 1), nn.Flatten(), head)
+    uneven = nn.Sequential(
+        conv, nn.ReLU(), nn.ZeroPad2d((2, 0, 0, 2)), nn.AvgPool2d(2), nn.Flatten(), head
+    )  # fmt: skip
+    x = torch.rand(2, 2, 6, 6)
+    for model in (padded, uneven):
+        model.eval()
+        _assert_close(_bounds(model, x, "IBP"), _interval(model, *_box(x)))
+    for method in ("CROWN", "CROWN-IBP"):
+        expected = _bounds(reference.eval(), x, method, "matrix")
+        for mode in ("patches", "matrix"):
+            got = _bounds(padded, x, method, mode)
+            _assert_sound(padded, x, *got)
+            _assert_close(got, expected)
+            got = _bounds(uneven, x, method, mode)
+            _assert_sound(uneven, x, *got)
+            _assert_close(got, _bounds(uneven, x, method, "matrix"))
+
+
+def test_pad_traced_as_certify_eval_traces_it() -> None:
+    """Once torch.onnx.export has run in a process (as in this file's tests), torch
+    traces F.pad to the Pad whose pads are inputs; before, as in ``certify eval``, to the
+    one whose pads are attributes. A fresh interpreter sees the latter (the test below
+    shows it: it fails there without the patch)."""
+    result = _run_alone("test_pad_before_average_pooling")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+
+
+@pytest.mark.parametrize("pad", [nn.ConstantPad2d(1, 0.5), nn.ReflectionPad2d(1)])
+def test_pad_that_auto_lirpa_would_bound_wrongly_is_refused(
+    auto_lirpa: types.ModuleType, pad: nn.Module
+) -> None:
+    """BoundPad's backward bound drops the padded values and ignores the mode."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), pad, nn.Flatten()).eval()
+    with pytest.raises(NotImplementedError, match="only padding with zeros"):
+        auto_lirpa.BoundedModule(model, torch.zeros(1, 1, 5, 5), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def shared_models() -> Path:
+    if not SHARED_MODELS.is_dir():
+        message = f"the public ONNX models are not at {SHARED_MODELS}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return SHARED_MODELS
+
+
+def test_verivital_avgpool_model(auto_lirpa: types.ModuleType, shared_models: Path) -> None:
+    """VNN-COMP's MNIST Convnet_avgpool has a Pad (of zeros) before its pooling: every
+    method bounds it soundly, as tightly as the same network without the Pad."""
+    loaded = load_onnx(shared_models / "verivital_convnet_avgpool.onnx", input_shape=(1, 28, 28))
+    layers = list(loaded.model.model.children())
+    pads = [m for m in layers if type(m).__name__ == "OnnxPadStatic"]
+    assert len(pads) == 1 and not any(pads[0].pads), "the file is not the one this test knows"
+    reference = nn.Sequential(*[m for m in layers if m is not pads[0]]).eval()
+    x, labels, eps = torch.rand(2, 1, 28, 28), torch.tensor([3, 7]), 0.02
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(x), reference(x), atol=1e-5)
+    cpu = torch.device("cpu")
+    ours, theirs = (
+        MarginBounder(loaded.model, (1, 28, 28), cpu),
+        MarginBounder(reference, (1, 28, 28), cpu),
+    )
+    assert theirs.hand_ibp
+    for method in (BoundMethod.IBP, BoundMethod.CROWN_IBP, BoundMethod.CROWN):
+        lower = ours.lower_bounds(x, labels, eps, method)
+        assert torch.isfinite(lower).all(), method
+        _assert_margins_sound(loaded.model, x, labels, lower, eps)
+        _assert_close((lower,), (theirs.lower_bounds(x, labels, eps, method),))
+
+
+@pytest.mark.parametrize(
+    ("patch", "test", "expected"),
+    [
+        ("buffer_batch_dim", "test_dense_layers_as_matmul_and_add", "is invalid for input of size"),
+        ("flat_add_matrix_mode", "test_dense_layers_as_matmul_and_add", "IndexError"),
+        ("pad_attributes", "test_pad_before_average_pooling", "argument: 'pad'"),
+    ],
+)  # fmt: skip
+def test_fails_without_its_patch(
+    auto_lirpa: types.ModuleType, patch: str, test: str, expected: str
+) -> None:
+    _fails_without(patch, test, expected)
+
+
+def test_alpha_slopes_get_a_gradient_at_the_ends_of_their_range(auto_lirpa) -> None:
+    """alpha-CROWN's slopes start at 0 or 1; with the patch (applied where this torch's
+    clamp has no gradient there) or without (where it has), the gradient passes and the
+    values are those of the clamp."""
+    alpha = torch.tensor([[0.0, 1.0, 0.25]], requires_grad=True)
+    lower, upper = torch.tensor([[-1.0, -1.0, 0.5]]), torch.tensor([[1.0, 1.0, 2.0]])
+    slope, _, _ = auto_lirpa.operators.BoundRelu._relu_mask_alpha(lower, upper, alpha, None)
+    # Unstable neurons take the clamped slope; the stable active one takes 1.
+    assert slope.tolist() == [[0.0, 1.0, 1.0]]
+    slope[0, :2].sum().backward()
+    assert alpha.grad.tolist() == [[1.0, 1.0, 0.0]]
+    x = torch.tensor([-0.5, 0.0, 0.3, 1.0, 1.5], requires_grad=True)
+    assert torch.equal(lirpa.clamp_unit_passing_gradient(x), x.clamp(0.0, 1.0))
+    probe = torch.tensor([0.0, 1.0], requires_grad=True)
+    torch.clamp(probe, 0.0, 1.0).sum().backward()
+    needed = bool((probe.grad == 0).any())
+    assert ("alpha_clamp_gradient" in lirpa.applied_patches()) == needed

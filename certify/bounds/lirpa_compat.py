@@ -630,6 +630,168 @@ def _dense_bias_apply() -> None:
     backward.concretize = concretize
 
 
+def _buffer_batch_dim_probe() -> bool:
+    import torch
+
+    ops = _ops()
+    x = types.SimpleNamespace(perturbed=True, batch_dim=0, output_shape=torch.Size([2, 3]))
+    bias = ops.BoundBuffers("bias", torch.arange(3.0))
+    # auto_LiRPA gives a node a batch dimension when it is "from the input".
+    bias.batch_dim, bias.output_shape = (0 if bias.from_input else -1), torch.Size([3])
+    add = ops.BoundAdd({}, [x, bias], 0, {})
+    add.batch_dim, add.output_shape = 0, torch.Size([2, 3])
+    last_a = torch.arange(6.0).view(1, 2, 3)  # (spec, batch, features)
+    (_, (a_bias, _)), *_ = add.bound_backward(last_a, None, x, bias)
+    # The bias reaches each image's bound through that image's own coefficients.
+    return torch.equal(a_bias, last_a)
+
+
+def _buffer_batch_dim_apply() -> None:
+    """BoundBuffers inherits ``from_input = True`` from BoundInput (BoundParams resets
+    it), so auto_LiRPA takes a buffer's first axis for the batch axis. That suits the
+    (1, C, 1, 1) normalization constants of a torch model, but not an onnx2torch bias or
+    weight such as the (128,) bias of a MatMul + Add layer (tf2onnx and torch's exporter
+    write dense layers so): Add's backward then sums the coefficients of all images
+    into one and concretize fails (CROWN-IBP: ``shape '[9, 100, -1]' is invalid``). A
+    buffer with fewer axes than the output it is broadcast to has no batch axis
+    (broadcasting aligns the last axes): treat it as batchless there, as a parameter."""
+    import torch
+
+    ops = _ops()
+    original = ops.Bound.broadcast_backward
+
+    def broadcast_backward(self: Any, A: Any, x: Any) -> Any:
+        if (
+            isinstance(A, torch.Tensor)
+            and isinstance(x, ops.BoundBuffers)
+            and x.batch_dim == 0
+            and self.output_shape is not None
+            and len(x.output_shape) < len(self.output_shape)
+        ):
+            x.batch_dim = -1
+            try:
+                return original(self, A, x)
+            finally:
+                x.batch_dim = 0
+        return original(self, A, x)
+
+    ops.Bound.broadcast_backward = broadcast_backward
+
+
+def _flat_add_probe() -> bool:
+    import torch
+
+    backward = importlib.import_module("auto_LiRPA.backward_bound")
+    inputs = [types.SimpleNamespace(perturbed=True), types.SimpleNamespace(perturbed=False)]
+    add = _ops().BoundAdd({}, inputs, 0, {"conv_mode": "patches"})
+    add.output_shape = torch.Size([1, 3])  # (batch, features): the Add of a dense layer
+    module = types.SimpleNamespace(
+        bound_opts={}, batch_size=1, device="cpu",
+        check_optimized_variable_sparsity=lambda node: None,
+        parameters=lambda: iter([torch.zeros(1)]),
+    )  # fmt: skip
+    new_c, *_ = backward.get_sparse_C(module, add, sparse_intermediate_bounds=False)
+    return isinstance(new_c, torch.Tensor) and torch.equal(new_c, torch.eye(3).view(1, 3, 3))
+
+
+def _flat_add_apply() -> None:
+    """In conv_mode "patches" every BoundAdd and BoundSub says it is in patches mode, and
+    get_sparse_C then builds a patches (image-shaped) specification for its intermediate
+    bounds from ``output_shape[-3]``: the Add of a dense MatMul + Add layer, whose output
+    is (batch, features), fails with IndexError (CROWN). Patches describe images only: an
+    Add or Sub with fewer than 4 output axes is in matrix mode."""
+    ops = _ops()
+
+    def get_mode(self: Any) -> str:
+        mode = self.__dict__.get("_conv_mode", "matrix")
+        shape = getattr(self, "output_shape", None)
+        return "matrix" if mode == "patches" and shape is not None and len(shape) < 4 else mode
+
+    def set_mode(self: Any, mode: str) -> None:
+        self.__dict__["_conv_mode"] = mode
+
+    for cls in (ops.BoundAdd, ops.BoundSub):
+        cls.mode = property(get_mode, set_mode)
+
+
+def _pad_attribute_probe() -> bool:
+    import torch
+
+    attr = {"mode": "constant", "pads": [0, 0, 1, 0, 0, 0, 0, 2], "value": 0.0}
+    pad = _ops().BoundPad(attr, [], 0, {})
+    x = torch.ones(1, 1, 2, 2)
+    return torch.equal(pad.forward(x), torch.nn.functional.pad(x, (0, 2, 1, 0)))
+
+
+def _pad_attribute_apply() -> None:
+    """auto_LiRPA 0.3 traces at opset 12, but current torch registers its opset 11+
+    symbolic functions only once torch.onnx.export has run in the process; until then F.pad
+    (nn.ZeroPad2d, onnx2torch's Pad) traces to the old Pad, whose pads and value are
+    attributes, not inputs as BoundPad.forward wants: ``missing 1 required positional
+    argument: 'pad'``. Take them from the attributes when they are not inputs. The bounds
+    of BoundPad hold only for padding with zeros (bound_backward drops the padded values
+    and ignores the mode), so refuse any other padding rather than bound it wrongly."""
+    ops = _ops()
+    original = ops.BoundPad.forward
+
+    def forward(self: Any, x: Any, pad: Any = None, value: Any = None) -> Any:
+        mode = self.attr.get("mode", "constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        pad = self.attr.get("pads") if pad is None else pad
+        value = self.attr.get("value", 0.0) if value is None else value
+        if pad is None:
+            raise NotImplementedError("a Pad without pads")
+        pads = [int(p) for p in pad]
+        if min(pads) < 0 or (any(pads) and (mode != "constant" or float(value) != 0.0)):
+            raise NotImplementedError(
+                f"Pad (mode {mode}, pads {pads}, value {float(value)}): only padding with "
+                "zeros can be bounded"
+            )
+        return original(self, x, pad, value)
+
+    ops.BoundPad.forward = forward
+
+
+def _clamp_gradient_probe() -> bool:
+    """alpha-CROWN starts every ReLU slope at exactly 0 or 1 and clamps the slopes to
+    [0, 1] in each bound computation: the gradient must pass at the bounds. torch 2.14's
+    clamp gives it 0 there, so the slopes never move and alpha-CROWN silently returns
+    CROWN's bound."""
+    import torch
+
+    alpha = torch.tensor([[0.0, 1.0]], requires_grad=True)
+    lower, upper = torch.full((1, 2), -1.0), torch.ones(1, 2)
+    slope, _, _ = _ops().BoundRelu._relu_mask_alpha(lower, upper, alpha, None)
+    slope.sum().backward()
+    return bool((alpha.grad == 1).all())
+
+
+def clamp_unit_passing_gradient(x: Any) -> Any:
+    """``clamp(x, 0, 1)`` whose gradient is 1 inside [0, 1] and at its ends: the gradient
+    torch gave before 2.14. Outside the interval too, which never matters for the slopes,
+    as auto_LiRPA clips them into [0, 1] after every step."""
+    return x + (x.clamp(0.0, 1.0) - x).detach()
+
+
+def _clamp_gradient_apply() -> None:
+    """BoundRelu._relu_mask_alpha clamps alpha-CROWN's slopes with torch.clamp, whose
+    gradient at exactly 0 and 1 is 0 from torch 2.14 on, where every slope starts: the
+    same mask with a clamp that passes the gradient at its ends."""
+
+    def _relu_mask_alpha(lower: Any, upper: Any, lb_lower_d: Any, ub_lower_d: Any) -> Any:
+        lower_mask = (lower >= 0).requires_grad_(False).to(lower.dtype)
+        upper_mask = (upper <= 0).requires_grad_(False)
+        zero_coeffs = upper_mask.all()
+        no_mask = (1.0 - lower_mask) * (1.0 - upper_mask.to(upper.dtype))
+        if lb_lower_d is not None:
+            lb_lower_d = clamp_unit_passing_gradient(lb_lower_d) * no_mask + lower_mask
+        if ub_lower_d is not None:
+            ub_lower_d = clamp_unit_passing_gradient(ub_lower_d) * no_mask + lower_mask
+        return lb_lower_d, ub_lower_d, zero_coeffs
+
+    _ops().BoundRelu._relu_mask_alpha = staticmethod(_relu_mask_alpha)
+
+
 PATCHES: list[Patch] = [
     Patch("numpy_arraysetops", _numpy_arraysetops_needed, _numpy_arraysetops_apply, True),
     Patch("tqdm_missing", _tqdm_needed, _tqdm_apply, True),
@@ -655,4 +817,14 @@ PATCHES: list[Patch] = [
     ),
     Patch("conv_groups_patches", lambda: _probe_fails(_conv_groups_probe), _conv_groups_apply),
     Patch("dense_bias_flatten", lambda: _probe_fails(_dense_bias_probe), _dense_bias_apply),
+    Patch(
+        "buffer_batch_dim",
+        lambda: _probe_fails(_buffer_batch_dim_probe),
+        _buffer_batch_dim_apply,
+    ),
+    Patch("flat_add_matrix_mode", lambda: _probe_fails(_flat_add_probe), _flat_add_apply),
+    Patch(
+        "alpha_clamp_gradient", lambda: _probe_fails(_clamp_gradient_probe), _clamp_gradient_apply
+    ),
+    Patch("pad_attributes", lambda: _probe_fails(_pad_attribute_probe), _pad_attribute_apply),
 ]
