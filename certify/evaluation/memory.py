@@ -45,9 +45,14 @@ def chunk_size(
 ) -> int:
     """The number of images (1 to ``largest``) whose bounds fit in memory.
 
-    ``bound(k)`` runs the method on ``k`` images; it is called for 1 and 2 images.
+    ``bound(k)`` runs the method on ``k`` images; it is called for 1 image, and for 2
+    where twice what one took still fits (a probe must not be what runs out of memory).
     """
-    one, two = _peak_of(lambda: bound(1), device), _peak_of(lambda: bound(2), device)
+    one = _peak_of(lambda: bound(1), device)
+    if 2 * one > USABLE_SHARE * available_memory(device):
+        log.info("%s: about %.0f MiB for one image: one image at a time", what, one / 2**20)
+        return 1
+    two = _peak_of(lambda: bound(2), device)
     per_image = max(two - one, two / 2, 1)
     fixed = max(one - per_image, 0)
     usable = USABLE_SHARE * available_memory(device) - fixed
