@@ -56,7 +56,7 @@ def _cases(args: argparse.Namespace) -> dict[str, dict]:
 
 
 def _decided(counts: dict[str, int]) -> str:
-    return ", ".join(f"{stage or 'open'} {n}" for stage, n in counts.items())
+    return ", ".join(f"{stage} {n}" for stage, n in counts.items())
 
 
 def main() -> None:

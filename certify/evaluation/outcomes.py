@@ -121,9 +121,8 @@ def summarize(outcomes: SampleOutcomes, seconds: dict[str, float]) -> EvalSummar
     summary = EvalSummary(n, clean_err, pgd_err, verified, best, dict(seconds), checked=checked)
     if cascade:
         summary.mode = "cascade"
-        summary.decided = {
-            s: outcomes.decided_by.count(s) for s in dict.fromkeys(outcomes.decided_by)
-        }
+        stages = dict.fromkeys(outcomes.decided_by)
+        summary.decided = {s or "open": outcomes.decided_by.count(s) for s in stages}
     return summary
 
 
