@@ -2,8 +2,9 @@
 
 Tests that read real images take the ``shared_data`` fixture: the folder
 ``../shared/data`` next to the checkout (or ``$CERTIFY_TEST_DATA``), with real MNIST and
-CIFAR-10 files. Where it is absent they are skipped with the reason, except in CI
-(``CI`` set), where a missing folder is an error.
+CIFAR-10 files; tests of public ONNX models take ``shared_models`` (``../shared/models``).
+Where a folder is absent its tests are skipped with the reason, except in CI (``CI``
+set), where a missing folder is an error.
 """
 
 from __future__ import annotations
@@ -16,17 +17,30 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CERTIFY_TEST_DATA", REPO_ROOT.parent / "shared" / "data"))
+SHARED_MODELS = REPO_ROOT.parent / "shared" / "models"
+
+
+def _missing(message: str) -> None:
+    """Skip a test whose fixture folder is absent, with the reason; fail in CI, which has it."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The folder of real MNIST and CIFAR-10 files laid out as torchvision leaves them."""
     if not (SHARED_DATA / "MNIST").is_dir():
-        message = f"real test data not found at {SHARED_DATA}; set CERTIFY_TEST_DATA"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        _missing(f"real test data not found at {SHARED_DATA}; set CERTIFY_TEST_DATA")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def shared_models() -> Path:
+    """The folder of public third-party ONNX models (its README gives their inputs)."""
+    if not SHARED_MODELS.is_dir():
+        _missing(f"the public ONNX models are not at {SHARED_MODELS}")
+    return SHARED_MODELS
 
 
 @pytest.fixture(autouse=True)

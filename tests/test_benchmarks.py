@@ -69,10 +69,8 @@ def test_short_warmup_trains_both_methods_on_real_cifar(shared_data: Path) -> No
 
 
 @pytest.mark.slow
-def test_gpu_check_runs_every_step_on_the_cpu(shared_data: Path) -> None:
-    models = REPO_ROOT.parent / "shared" / "models"
-    if not (models / "cifar10_resnet_4b.onnx").is_file():
-        pytest.skip(f"{models} not found")
+def test_gpu_check_runs_every_step_on_the_cpu(shared_data: Path, shared_models: Path) -> None:
+    models = shared_models
     run = subprocess.run(
         ["bash", "benchmarks/gpu_check.sh", "--device", "cpu", "--quick",
          "--data-dir", str(shared_data), "--models-dir", str(models)],

@@ -3,9 +3,6 @@ method on every image, a self-check of verified images, and PGD that drops image
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
@@ -19,9 +16,7 @@ from certify.evaluation.images import DEFAULT_PGD, EvalConfig, EvalMode, evaluat
 from certify.evaluation.outcomes import check_consistency
 from certify.pipeline.embedded import EMBEDDED_DATA, EMBEDDED_MODEL
 from model_zoo import load_model
-from tests.conftest import REPO_ROOT
 
-MODELS = REPO_ROOT.parent / "shared" / "models"
 METHODS = "ibp,crown-ibp,crown"
 
 
@@ -57,18 +52,11 @@ def test_cascade_verifies_what_every_method_verifies_on_the_bundled_model() -> N
     assert s.verified_error[BoundMethod.CROWN] == pytest.approx(s.best_verified_error)
 
 
-def _shared_model(name: str) -> Path:
-    path = MODELS / name
-    if not path.is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"{path} not found")
-        pytest.skip(f"{path} not found")
-    return path
-
-
 @pytest.mark.parametrize("name", ["mnistfc_256x4.onnx", "mnistfc_256x6.onnx"])
-def test_cascade_verifies_what_every_method_verifies_on_public_models(name, shared_data) -> None:
-    path = _shared_model(name)
+def test_cascade_verifies_what_every_method_verifies_on_public_models(
+    name, shared_data, shared_models
+) -> None:
+    path = shared_models / name
     cascade, every = _both_modes(
         path, dataset="mnist", eps=0.02, data_dir=shared_data, num_samples=40, pgd_steps=20
     )

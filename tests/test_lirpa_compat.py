@@ -36,7 +36,6 @@ from tests.conftest import REPO_ROOT
 EPS = 0.03
 TOL = 1e-5  # soundness: float32 rounding only
 AGREE = 1e-4  # two bound computations that should be the same arithmetic
-SHARED_MODELS = REPO_ROOT.parent / "shared" / "models"
 
 
 @pytest.fixture(scope="module")
@@ -665,16 +664,6 @@ def test_pad_that_auto_lirpa_would_bound_wrongly_is_refused(
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), pad, nn.Flatten()).eval()
     with pytest.raises(NotImplementedError, match="only padding with zeros"):
         auto_lirpa.BoundedModule(model, torch.zeros(1, 1, 5, 5), device="cpu")
-
-
-@pytest.fixture(scope="module")
-def shared_models() -> Path:
-    if not SHARED_MODELS.is_dir():
-        message = f"the public ONNX models are not at {SHARED_MODELS}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return SHARED_MODELS
 
 
 def test_verivital_avgpool_model(auto_lirpa: types.ModuleType, shared_models: Path) -> None:

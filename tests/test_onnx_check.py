@@ -10,7 +10,6 @@ step of :func:`~model_zoo.onnx.loading.load_onnx`, and the public models of
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import sys
 import warnings
@@ -29,9 +28,7 @@ from certify.core.errors import ModelError, UsageError
 from model_zoo import LoadedModel, load_model
 from model_zoo.onnx.check import RELATIVE_TOLERANCE, check_conversion, probe_images
 from model_zoo.onnx.loading import load_onnx
-from tests.conftest import REPO_ROOT
 
-SHARED_MODELS = REPO_ROOT.parent / "shared" / "models"
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
 
 
@@ -277,16 +274,6 @@ def test_given_images_of_another_shape(exported: Callable[[str], Path]) -> None:
 
 # ---------------------------------------------------------------------------------
 # The public models
-
-
-@pytest.fixture(scope="session")
-def shared_models() -> Path:
-    if not SHARED_MODELS.is_dir():
-        message = f"the public ONNX models are not at {SHARED_MODELS}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return SHARED_MODELS
 
 
 CIFAR_NORMALIZATION = {
