@@ -14,6 +14,12 @@ from certify.bounds.margins import BoundMethod, MarginBounder, margin_matrix
 from model_zoo.normalization import NormalizedModel
 from tests.networks import Residual
 
+# alpha-CROWN's optimization takes seconds on these models: in the slow set.
+METHODS = [
+    pytest.param(m, marks=pytest.mark.slow) if m is BoundMethod.ALPHA_CROWN else m
+    for m in BoundMethod
+]
+
 TOL = 1e-5
 
 
@@ -73,7 +79,7 @@ def setup():
     return model, images, labels, MarginBounder(model, (3, 16, 16), torch.device("cpu"))
 
 
-@pytest.mark.parametrize("method", list(BoundMethod))
+@pytest.mark.parametrize("method", METHODS)
 def test_bounds_hold_on_random_corner_and_attacked_points(setup, method: BoundMethod) -> None:
     model, images, labels, bounder = setup
     eps = 0.02
@@ -88,7 +94,7 @@ def test_bounds_hold_on_random_corner_and_attacked_points(setup, method: BoundMe
     assert (attacked >= lower - TOL).all()
 
 
-@pytest.mark.parametrize("method", list(BoundMethod))
+@pytest.mark.parametrize("method", METHODS)
 def test_eps_zero_bounds_equal_the_margins(setup, method: BoundMethod) -> None:
     model, images, labels, bounder = setup
     lower = bounder.lower_bounds(images, labels, 0.0, method)

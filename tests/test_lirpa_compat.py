@@ -647,6 +647,7 @@ def test_pad_before_average_pooling(auto_lirpa: types.ModuleType) -> None:
             _assert_close(got, _bounds(uneven, x, method, "matrix"))
 
 
+@pytest.mark.slow
 def test_pad_traced_as_certify_eval_traces_it() -> None:
     """Once torch.onnx.export has run in a process (as in this file's tests), torch
     traces F.pad to the Pad whose pads are inputs; before, as in ``certify eval``, to the
@@ -690,6 +691,7 @@ def test_verivital_avgpool_model(auto_lirpa: types.ModuleType, shared_models: Pa
         _assert_close((lower,), (theirs.lower_bounds(x, labels, eps, method),))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("patch", "test", "expected"),
     [
