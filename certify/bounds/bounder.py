@@ -43,6 +43,10 @@ class BoundMethod(StrEnum):
         return names.get(self.value, "CROWN-Optimized")
 
 
+# alpha-CROWN costs tens of CROWN passes: named when wanted, not by default.
+DEFAULT_METHODS = (BoundMethod.IBP, BoundMethod.CROWN_IBP, BoundMethod.CROWN)
+
+
 @dataclass(frozen=True)
 class AlphaCrownOptions:
     """The optimization of alpha-CROWN's ReLU lower slopes: Adam for ``iterations``

@@ -18,12 +18,11 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from certify.bounds.bounder import BoundMethod
+from certify.bounds.bounder import DEFAULT_METHODS, BoundMethod
 from certify.commands.base import CertifyCommand
 from certify.core.datasets import Dataset
 from certify.core.devices import DeviceChoice
 from certify.evaluation.images import ProgressFn
-from certify.pipeline.evaluate import DEFAULT_METHODS
 
 _METHODS_HELP = f"Comma-separated bound methods: {', '.join(m.value for m in BoundMethod)}."
 _DATASETS = ", ".join(d.value for d in Dataset)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from certify.bounds.bounder import DEFAULT_METHODS
 from certify.bounds.margins import AlphaCrownOptions, BoundMethod, parse_methods
 from certify.core.datasets import Dataset, get_spec, parse_dataset
 from certify.core.devices import describe_device, resolve_device
@@ -44,10 +45,7 @@ from certify.pipeline.embedded import EMBEDDED_DATA, EMBEDDED_MODEL
 from certify.pipeline.result import EvalResult
 from model_zoo import LoadedModel, load_model
 from model_zoo.normalization import NormalizedModel
-from model_zoo.onnx.check import check_conversion
 
-# alpha-CROWN costs tens of CROWN passes: named when wanted, not by default.
-DEFAULT_METHODS = (BoundMethod.IBP, BoundMethod.CROWN_IBP, BoundMethod.CROWN)
 # Data images that onnxruntime runs too, to check the conversion of an ONNX file.
 _CONVERSION_PROBES = 8
 
@@ -120,7 +118,10 @@ def evaluate(
     _check_input_shape(loaded.model, data.images, chosen, source)
     if loaded.conversion_difference is not None:
         # Also the images at hand, against the original graph: a converter bug that only
-        # shows on real images must not go unseen.
+        # shows on real images must not go unseen. Imported here: onnx and onnxruntime
+        # load slowly, and only ONNX models need them.
+        from model_zoo.onnx.check import check_conversion
+
         on_data = check_conversion(
             loaded.model, Path(model), loaded.input_shape, mean=loaded.mean, std=loaded.std,
             images=data.images[:_CONVERSION_PROBES],
