@@ -1,6 +1,10 @@
 """The rows of an evaluation's CSV files: one row per (model, data set, eps, method),
 appended to a results file, and one row per image in a per-image file.
 
+A results row carries counts (``num_samples``, ``clean_wrong``, ``pgd_attacked``,
+``verified``) beside the errors they give, so that rows of shards or runs add up
+exactly; ``run`` is the run folder of ``certify train`` (empty for ``certify eval``).
+
 The files are written by :mod:`certify.core.csv_files`: atomically, and a results file
 is appended to only when its columns are ours. :func:`check_result_files` makes sure,
 before an evaluation starts, that both files can be written.
@@ -21,6 +25,7 @@ from certify.evaluation.outcomes import EvalSummary, SampleOutcomes
 
 EVAL_COLUMNS = (
     "model",
+    "run",
     "arch",
     "dataset",
     "eps",
@@ -29,6 +34,9 @@ EVAL_COLUMNS = (
     "mode",
     "num_samples",
     "start",
+    "clean_wrong",
+    "pgd_attacked",
+    "verified",
     "clean_error",
     "pgd_error",
     "verified_error",
@@ -43,17 +51,24 @@ EVAL_COLUMNS = (
 
 
 def summary_rows(meta: Mapping[str, Any], summary: EvalSummary) -> list[dict[str, Any]]:
-    """One row per bound method; ``meta`` carries the model, data and run columns."""
+    """One row per bound method; ``meta`` carries the model, data and run columns.
+
+    The counts come with the errors; each error is its count over ``num_samples``,
+    written in the shortest form that reads back as the same number."""
     rows = []
-    for method, error in summary.verified_error.items():
+    errors = summary.verified_error
+    for method, verified in summary.verified.items():
         rows.append(
             dict(meta)
             | {
                 "method": method.value,
                 "num_samples": summary.num_samples,
-                "clean_error": summary.clean_error,
-                "pgd_error": summary.pgd_error,
-                "verified_error": error,
+                "clean_wrong": summary.clean_wrong,
+                "pgd_attacked": summary.pgd_attacked,
+                "verified": verified,
+                "clean_error": repr(summary.clean_error),
+                "pgd_error": repr(summary.pgd_error),
+                "verified_error": repr(errors[method]),
                 "seconds": summary.seconds.get(method.value, 0.0),
             }
         )

@@ -3,7 +3,8 @@
 qualified by its run folder.
 
 Each file holds one row per (model, data set, eps, bound method) with the columns of
-:data:`reports.eval_csv.EVAL_COLUMNS`; bad input raises
+:data:`reports.eval_csv.EVAL_COLUMNS`; files of older versions, without counts, run
+folder or mode, are read too. Bad input raises
 :class:`~certify.core.errors.UsageError` with a one-line message naming the file and line.
 """
 
@@ -30,6 +31,15 @@ REQUIRED_COLUMNS = (
     "verified_error",
     "date",
 )
+# The count columns, the error each gives, and whether the count is of wrong images
+# (error = count / n) or of verified ones (error = 1 - count / n).
+COUNTS = (
+    ("clean_wrong", "clean_error", True),
+    ("pgd_attacked", "pgd_error", True),
+    ("verified", "verified_error", False),
+)
+# Rows without a mode come from before the cascade: every method ran on every image.
+DEFAULT_MODE = "every-method"
 # The checkpoint names `certify train` evaluates at the end of a run; every run names
 # its model the same, so the run folder is what tells runs apart.
 TRAIN_CHECKPOINTS = ("best.pth", "last.pth")
@@ -54,8 +64,34 @@ def _read_one(path: Path) -> pd.DataFrame:
         raise UsageError(f"{path} is a folder; give its results CSV, e.g. {path / 'results.csv'}")
     frame = read_csv_file(path, "results file", REQUIRED_COLUMNS)
     frame = _typed(frame, path)
-    frame["model"] = _qualified_models(frame["model"], path)
+    frame = _with_counts(frame, path)
+    frame["model"] = _qualified_models(frame, path)
+    frame["mode"] = _column(frame, "mode").replace("", DEFAULT_MODE)
+    frame["start"] = _numbers(_column(frame, "start").replace("", "0"), "start", path)
     frame["source"] = str(path)
+    return frame
+
+
+def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    """Column ``name`` as text, empty where a file from an older version lacks it."""
+    if name not in frame.columns:
+        return pd.Series("", index=frame.index, dtype=object)
+    return frame[name].fillna("").astype(str)
+
+
+def _with_counts(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Integer counts beside the errors; rows of older versions, which wrote errors only,
+    get the counts their errors and ``num_samples`` give."""
+    n = frame["num_samples"]
+    for count, error, wrong in COUNTS:
+        text = _column(frame, count)
+        given = text != ""
+        values = pd.Series(0, index=frame.index, dtype="int64")
+        if given.any():
+            values[given] = _numbers(text[given], count, path).astype("int64")
+        derived = (frame[error] * n).round()
+        values[~given] = (n - derived if not wrong else derived)[~given].astype("int64")
+        frame[count] = values
     return frame
 
 
@@ -90,11 +126,14 @@ def _eps_value(text: str, path: Path) -> float:
         raise UsageError(f"{path}: eps {text!r} is not a number") from None
 
 
-def _qualified_models(models: pd.Series, path: Path) -> pd.Series:
-    """``best.pth`` of a training run becomes ``<run folder>/best.pth``.
+def _qualified_models(frame: pd.DataFrame, path: Path) -> pd.Series:
+    """The run folder of `certify train`'s rows, which all name their model ``best.pth``.
 
-    `certify train` writes OUT_DIR/results.csv with the model named after the checkpoint
-    file only, so two runs would otherwise be the same model and one would hide the other.
+    Rows of older versions have no ``run`` column: their model becomes
+    ``<folder of the results file>/best.pth``.
     """
+    models = frame["model"]
+    runs = _column(frame, "run")
     folder = path.resolve().parent.name
-    return models.where(~models.isin(TRAIN_CHECKPOINTS), folder + "/" + models)
+    older = models.where(~models.isin(TRAIN_CHECKPOINTS), folder + "/" + models)
+    return runs.where(runs != "", older)

@@ -11,17 +11,18 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import pandas as pd
 
 from certify.core.eps import parse_eps
 from certify.core.errors import UsageError
-from reports.results_reading import read_results
+from reports.results_reading import COUNTS, read_results
 
-KEY_COLUMNS = ("model", "dataset", "eps", "method")
+KEY_COLUMNS = ("model", "dataset", "eps", "mode", "method")
 # The order of the bound methods in the table; methods we do not know come after these.
-METHOD_ORDER = ("ibp", "crown-ibp", "crown")
+METHOD_ORDER = ("ibp", "crown-ibp", "crown", "alpha-crown")
 BEST_COLUMN = "best_method"
 ERROR_PREFIX = "verified_"
 _WHERE = re.compile(r"^\s*([A-Za-z_][\w-]*)\s*(<=|>=|!=|=|<|>)\s*(.*?)\s*$")
@@ -45,13 +46,42 @@ class Condition:
         return cls(*match.groups())
 
 
-def latest_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, data set, eps, method): the one with the latest ``date``.
+def merged_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, data set, eps, mode, method), summing the shards.
 
-    Rows without a date lose to dated ones; on equal dates the row read last wins.
+    Rows of one key whose image ranges ``[start, start + num_samples)`` are disjoint are
+    shards of one evaluation: their counts add up and the errors are recomputed from the
+    sums. A row whose range overlaps that of a later row is an older run of the same
+    images and gives way to it; rows without a date lose to dated ones, and on equal
+    dates the row read last wins.
     """
-    ordered = rows.sort_values(["date", "order"], na_position="first", kind="stable")
-    return ordered.drop_duplicates(list(KEY_COLUMNS), keep="last").sort_values("order")
+    newest_first = rows.sort_values(["date", "order"], na_position="first", kind="stable")[::-1]
+    merged = []
+    for _, group in newest_first.groupby(list(KEY_COLUMNS), sort=False, dropna=False):
+        kept: list[pd.Series] = []
+        for _, row in group.iterrows():
+            if not any(_overlap(row, other) for other in kept):
+                kept.append(row)
+        merged.append(_sum_shards(kept))
+    return pd.DataFrame(merged).sort_values("order")
+
+
+def _overlap(a: pd.Series, b: pd.Series) -> bool:
+    return a["start"] < b["start"] + b["num_samples"] and b["start"] < a["start"] + a["num_samples"]
+
+
+def _sum_shards(shards: list[pd.Series]) -> pd.Series:
+    """The newest shard's row with the counts of all of them and their errors."""
+    row = shards[0].copy()
+    n = sum(int(s["num_samples"]) for s in shards)
+    row["num_samples"] = n
+    row["start"] = min(s["start"] for s in shards)
+    row["order"] = max(s["order"] for s in shards)
+    for count, error, wrong in COUNTS:
+        total = sum(int(s[count]) for s in shards)
+        row[count] = total
+        row[error] = float(Fraction(total if wrong else n - total, n))
+    return row
 
 
 def build_table(rows: pd.DataFrame) -> pd.DataFrame:
@@ -62,8 +92,8 @@ def build_table(rows: pd.DataFrame) -> pd.DataFrame:
     the rows hold per-method aggregates only, so an image verified by one method and
     another image by a second method cannot be counted together here.
     """
-    rows = latest_rows(rows)
-    group = ["model", "dataset", "eps"]
+    rows = merged_rows(rows)
+    group = ["model", "dataset", "eps", "mode"]
     latest = rows.sort_values(["date", "order"], na_position="first", kind="stable")
     base = latest.groupby(group, sort=False).last()
     verified = rows.pivot_table(
@@ -78,6 +108,9 @@ def build_table(rows: pd.DataFrame) -> pd.DataFrame:
         table[ERROR_PREFIX + method] = 100 * verified[method].reindex(base.index)
     table[BEST_COLUMN] = table[[ERROR_PREFIX + m for m in methods]].min(axis=1)
     table = table.reset_index()
+    if table["mode"].nunique() == 1:
+        # One mode: the column would say nothing (docs/formats.md tells what each means).
+        table = table.drop(columns="mode")
     return sort_table(table, ["dataset", "eps", "model"])
 
 

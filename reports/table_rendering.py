@@ -28,16 +28,22 @@ HEADERS = {
     "model": "model",
     "dataset": "data set",
     "eps": "eps",
+    "mode": "mode",
     "samples": "samples",
     "clean": "clean",
     "pgd": "PGD",
     BEST_COLUMN: "best method",
 }
-_METHOD_NAMES = {"ibp": "IBP", "crown-ibp": "CROWN-IBP", "crown": "CROWN"}
+_METHOD_NAMES = {
+    "ibp": "IBP",
+    "crown-ibp": "CROWN-IBP",
+    "crown": "CROWN",
+    "alpha-crown": "alpha-CROWN",
+}
 NOTE = (
-    "Errors in percent: clean, PGD, and verified per bound method; best method: the "
-    "lowest verified error of the methods (not a per-image union). Bold: best in its column "
-    "for that data set and eps."
+    "Errors in percent: clean, PGD, and verified per bound method (in a cascade, by the "
+    "methods up to that one together); best method: the lowest verified error of the "
+    "methods. Bold: best in its column for that data set and eps."
 )
 
 

@@ -64,6 +64,11 @@ def test_eval_writes_consistent_csv_and_json(trained_checkpoint, shared_data, tm
     assert result.exit_code == 0
     payload = json.loads(result.stdout)
     assert payload["verified_error"]["ibp"] == pytest.approx(float(rows[0]["verified_error"]))
+    # The counts of the per-image file, and the errors they give.
+    assert payload["clean_wrong"] == sum(s["clean_correct"] == "0" for s in samples)
+    assert payload["pgd_attacked"] == sum(s["pgd_robust"] == "0" for s in samples)
+    assert payload["best_verified"] == verified
+    assert payload["clean_error"] == payload["clean_wrong"] / 64
     assert len(list(csv.DictReader(out.open()))) == 4  # appended, not overwritten
 
 
@@ -103,3 +108,56 @@ def test_eval_onnx_matches_the_checkpoint(trained_checkpoint, shared_data, tmp_p
         assert a[key] == b[key], key
     no_dataset = _run("eval", str(onnx_path), *common)
     assert no_dataset.exit_code != 0 and "--dataset" in no_dataset.output
+
+
+@pytest.mark.slow
+def test_counts_give_the_errors_exactly_and_shards_add_up_to_the_whole(tmp_path) -> None:
+    """200 bundled images at once and as two shards of 100: the rows' counts give their
+    errors exactly, and `certify report` of the shards gives the numbers of the whole."""
+    whole, shards = tmp_path / "whole.csv", tmp_path / "shards.csv"
+    methods = ["--methods", "ibp,crown-ibp"]
+    assert _run("eval", "--num-samples", "200", *methods, "--out", str(whole)).exit_code == 0
+    for start in ("0", "100"):
+        args = ["--start", start, "--num-samples", "100", *methods, "--out", str(shards)]
+        assert _run("eval", *args).exit_code == 0
+    rows = list(csv.DictReader(whole.open()))
+    for r in rows:
+        n = int(r["num_samples"])
+        assert n == 200
+        assert float(r["clean_error"]) == int(r["clean_wrong"]) / n
+        assert float(r["pgd_error"]) == int(r["pgd_attacked"]) / n
+        assert float(r["verified_error"]) == (n - int(r["verified"])) / n
+    tables = []
+    for path in (whole, shards):
+        result = _run("report", str(path), "--format", "csv")
+        assert result.exit_code == 0, result.output
+        tables.append(result.output)
+    assert tables[0] == tables[1]
+    assert "200" in tables[1].splitlines()[1]
+
+
+def test_a_soundness_failure_exits_3_and_writes_the_per_image_file(monkeypatch, tmp_path) -> None:
+    """Bounds that verify every image, attacked ones included, must stop the run as a bug."""
+    from certify.evaluation import images
+
+    def unsound(self, which, method):
+        return torch.ones(len(which))
+
+    monkeypatch.setattr(images._Run, "_bound", unsound)
+    monkeypatch.chdir(tmp_path)
+    args = ["eval", "--num-samples", "20", "--methods", "ibp", "--check-all", "--pgd-steps", "5"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 3, result.output
+    message = result.output.strip()
+    assert len(message.splitlines()) == 1 and "Traceback" not in message
+    assert "is verified by ibp but PGD attacked it" in message and "bug" in message
+    written = tmp_path / "soundness_failure_samples.csv"
+    assert str(written.name) in message
+    samples = list(csv.DictReader(written.open()))
+    assert len(samples) == 20
+    attacked = [s for s in samples if s["verified_ibp"] == "1" and s["pgd_robust"] == "0"]
+    assert attacked and all(s["index"] in message for s in attacked[:1])
+    # The user's own file is used when given.
+    own = tmp_path / "mine.csv"
+    result = CliRunner().invoke(cli, [*args, "--per-sample", str(own)])
+    assert result.exit_code == 3 and own.exists() and str(own) in result.output

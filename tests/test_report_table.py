@@ -71,9 +71,9 @@ def test_markdown_of_known_rows(results):
         "| a.pth | mnist | 0.1 | 100 | **2.00** | 5.00 | 10.00 | **8.00** | **8.00** |\n"
         "| b.pth | mnist | 0.1 | 100 | 3.00 | **4.00** | **9.00** | 12.00 | 9.00 |\n"
         "\n"
-        "Errors in percent: clean, PGD, and verified per bound method; best method: the "
-        "lowest verified error of the methods (not a per-image union). Bold: best in its column "
-        "for that data set and eps.\n"
+        "Errors in percent: clean, PGD, and verified per bound method (in a cascade, by the "
+        "methods up to that one together); best method: the lowest verified error of the "
+        "methods. Bold: best in its column for that data set and eps.\n"
     )
 
 
@@ -218,3 +218,53 @@ def test_cli_bad_input_is_one_line(tmp_path, setup, args, message):
     assert "Traceback" not in res.output
     assert not out.exists()
     assert not list(tmp_path.glob(".table.md.*"))
+
+
+def _counted(model, method, start, n, wrong, attacked, verified, date, mode="cascade", run=""):
+    """A row as certify writes it: counts, and the errors they give."""
+    row = _row(model, "mnist", "0.1", method, wrong / n, attacked / n, 1 - verified / n, date, n)
+    return row | {
+        "start": start,
+        "mode": mode,
+        "run": run,
+        "clean_wrong": wrong,
+        "pgd_attacked": attacked,
+        "verified": verified,
+    }
+
+
+def test_report_sums_disjoint_shards_and_recomputes_errors(tmp_path):
+    # Two halves of 3 images each: 1 + 0 wrong, 1 + 1 attacked, 1 + 2 verified of 6.
+    first = _write(tmp_path / "a.csv", [_counted("m.pth", "ibp", 0, 3, 1, 1, 1, "2026-01-01")])
+    second = _write(tmp_path / "b.csv", [_counted("m.pth", "ibp", 3, 3, 0, 1, 2, "2026-01-02")])
+    table = build_table(read_results([first, second])).set_index("model")
+    assert table.loc["m.pth", "samples"] == 6
+    assert table.loc["m.pth", "clean"] == pytest.approx(100 / 6)
+    assert table.loc["m.pth", "pgd"] == pytest.approx(100 * 2 / 6)
+    assert table.loc["m.pth", "verified_ibp"] == pytest.approx(50.0)
+
+
+def test_report_lets_a_newer_run_of_overlapping_images_replace_an_older_one(tmp_path):
+    rows = [
+        _counted("m.pth", "ibp", 0, 4, 2, 2, 0, "2026-01-01"),  # images 0-3, replaced
+        _counted("m.pth", "ibp", 2, 4, 1, 1, 3, "2026-01-02"),  # images 2-5
+        _counted("m.pth", "ibp", 6, 2, 0, 0, 2, "2026-01-01"),  # images 6-7, a shard
+    ]
+    table = build_table(read_results([_write(tmp_path / "r.csv", rows)])).set_index("model")
+    assert table.loc["m.pth", "samples"] == 6
+    assert table.loc["m.pth", "verified_ibp"] == pytest.approx(100 * 1 / 6)
+
+
+def test_report_shows_the_run_folder_and_the_mode_when_modes_differ(tmp_path):
+    rows = [
+        _counted("best.pth", "ibp", 0, 4, 0, 1, 2, "2026-01-01", run="runs/fast"),
+        _counted("best.pth", "ibp", 0, 4, 0, 1, 3, "2026-01-01", "every-method", "runs/fast"),
+    ]
+    table = build_table(read_results([_write(tmp_path / "r.csv", rows)]))
+    assert list(table["model"]) == ["runs/fast", "runs/fast"]
+    assert sorted(zip(table["mode"], table["verified_ibp"], strict=True)) == [
+        ("cascade", 50.0),
+        ("every-method", 25.0),
+    ]
+    single = build_table(read_results([_write(tmp_path / "s.csv", rows[:1])]))
+    assert "mode" not in single.columns

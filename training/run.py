@@ -145,13 +145,21 @@ def _train(
             param="batch_size",
         )
     train_split, val_split = _load_data(config)
+    # Before the run folder: the architecture and its options must build.
+    model = _new_model(config)
+    # Every process takes its shard of the final evaluation; rank 0 writes the results.
+    check_results = config.final_eval and shard.is_main
+    if config.final_eval:
+        _check_eval_methods(config)
+    if check_results and _results_file(config, out_dir).parent.is_dir():
+        _check_results_file(config, out_dir)
+        check_results = False
     # Created only now, so that bad options or data leave nothing behind.
     if shard.is_main:
         _make_dir(out_dir)
-    if config.final_eval:
-        # Every process takes its shard of the final evaluation; rank 0 writes the results.
-        _check_final_eval(config, out_dir, check_file=shard.is_main)
-    start = _start(config, out_dir, device)
+    if check_results:  # a results file inside the new run folder
+        _check_results_file(config, out_dir)
+    start = _start(config, out_dir, device, model)
     runner = _EpochRunner(config, start, device, train_split, shard)
     if callbacks.on_start:
         callbacks.on_start(
@@ -218,9 +226,15 @@ class _Start:
     init: InitReport | None
 
 
-def _start(config: TrainConfig, out_dir: Path, device: torch.device) -> _Start:
+def _new_model(config: TrainConfig) -> NormalizedModel:
+    """The freshly initialized model, seeded (a resumed run then loads its weights)."""
     torch.manual_seed(config.seed)
-    model = build_model(config)
+    return build_model(config)
+
+
+def _start(
+    config: TrainConfig, out_dir: Path, device: torch.device, model: NormalizedModel
+) -> _Start:
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     resumed = _resume_state(config, out_dir, model, optimizer, generator, device)
@@ -448,14 +462,16 @@ def _results_file(config: TrainConfig, out_dir: Path) -> Path:
     return Path(config.results_csv) if config.results_csv else out_dir / "results.csv"
 
 
-def _check_final_eval(config: TrainConfig, out_dir: Path, check_file: bool) -> None:
-    """Fail before training if the final evaluation could not run or write its rows."""
+def _check_eval_methods(config: TrainConfig) -> None:
+    """Fail before training if the final evaluation could not run."""
     try:
         parse_methods(list(config.eval_methods))
     except UsageError as exc:
         raise UsageError(exc.reason, param="eval_methods") from None
-    if not check_file:
-        return
+
+
+def _check_results_file(config: TrainConfig, out_dir: Path) -> None:
+    """Fail before training if the final evaluation could not write its rows."""
     try:
         check_result_files(_results_file(config, out_dir), None)
     except UsageError as exc:
@@ -524,5 +540,7 @@ def _final_evaluation(
         progress=progress,
     )
     if result is not None:
+        # Every run names its model best.pth: the run folder tells runs apart.
+        result.settings["run"] = str(out_dir)
         result.write_csv(out=_results_file(config, out_dir))
     return result

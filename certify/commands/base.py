@@ -4,7 +4,9 @@ of an output file given with ``--out``.
 Library errors name arguments by their Python names: an error about one argument
 carries it in ``param``, and a message may name others in backquotes (``` `resume` ```).
 Here both become the command's flags, so the user reads ``--resume``; an error with a
-``param`` is a usage error (exit 2, like click's own), any other a plain one (exit 1).
+``param`` is a usage error (exit 2, like click's own), a failed soundness check is a bug
+(exit 3, with the per-image file of the run written for the report, see
+:func:`write_soundness_evidence`), any other error is one of the input (exit 1).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import click
 
-from certify.core.errors import CertifyError, UsageError
+from certify.core.errors import CertifyError, SoundnessError, UsageError
 
 _NAMED = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
 
@@ -28,6 +30,8 @@ class CertifyCommand(click.Command):
             return super().invoke(ctx)
         except CertifyError as exc:
             reason = _NAMED.sub(lambda m: self.flag(m.group(1)), exc.reason)
+            if isinstance(exc, SoundnessError):
+                raise SoundnessFailure(reason) from None
             if exc.param is None:
                 raise click.ClickException(reason) from None
             # No ctx: click would print the usage lines too, and bad input gets one line.
@@ -42,6 +46,35 @@ class CertifyCommand(click.Command):
                     return dashed if dashed in param.opts else param.opts[0]
                 return param.human_readable_name
         return dashed
+
+
+class SoundnessFailure(click.ClickException):
+    """A verified image was attacked or misclassified: a bug, reported with exit code 3."""
+
+    exit_code = 3
+
+
+# Where a failed run's per-image results go when the command was given no file for them.
+SOUNDNESS_SAMPLES = "soundness_failure_samples.csv"
+
+
+def write_soundness_evidence(exc: SoundnessError, path: Path | None, folder: Path) -> None:
+    """Write the per-image file of the failed run to ``path``, the user's, or else to a new
+    file in ``folder``, and say so in the message (or why it could not be written)."""
+    result = exc.result
+    if result is None:
+        return
+    if path is None:
+        path, n = folder / SOUNDNESS_SAMPLES, 1
+        while path.exists():
+            n += 1
+            path = folder / f"{Path(SOUNDNESS_SAMPLES).stem}_{n}.csv"
+    try:
+        result.write_csv(per_sample=path)  # type: ignore[attr-defined]
+    except (OSError, CertifyError) as err:
+        exc.reason += f" (the per-image results could not be written to {path}: {err})"
+    else:
+        exc.reason += f"; the per-image results are in {path}: attach them to the report"
 
 
 def check_out_file(path: str | Path, suffix_hint: str) -> Path:

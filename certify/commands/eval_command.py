@@ -19,9 +19,10 @@ from rich.progress import (
 )
 
 from certify.bounds.bounder import DEFAULT_METHODS, BoundMethod
-from certify.commands.base import CertifyCommand
+from certify.commands.base import CertifyCommand, write_soundness_evidence
 from certify.core.datasets import Dataset
 from certify.core.devices import DeviceChoice
+from certify.core.errors import SoundnessError
 from certify.evaluation.images import ProgressFn
 
 _METHODS_HELP = f"Comma-separated bound methods: {', '.join(m.value for m in BoundMethod)}."
@@ -130,8 +131,13 @@ def eval_command(
     out_path = Path(out) if out else None
     per_sample_path = Path(per_sample) if per_sample else None
     check_result_files(out_path, per_sample_path)
-    with _progress_bar() as progress:
-        result = evaluate(model_path, progress=progress, **arguments)
+    try:
+        with _progress_bar() as progress:
+            result = evaluate(model_path, progress=progress, **arguments)
+    except SoundnessError as exc:
+        folder = out_path.parent if out_path else Path()
+        write_soundness_evidence(exc, per_sample_path, folder)
+        raise
     if result is None:  # a worker process of a torchrun evaluation: rank 0 reports
         return
     written = result.write_csv(out=out_path, per_sample=per_sample_path)

@@ -44,7 +44,15 @@ class UsageError(CertifyError):
 
 class SoundnessError(CertifyError):
     """A consistency check of the results failed: a verified sample was attacked, or
-    error rates are out of order. This is a bug, never a result to report."""
+    error rates are out of order. This is a bug, never a result to report.
+
+    ``result``, set by the evaluation that found it, is what that evaluation measured
+    (a :class:`certify.pipeline.result.EvalResult`), so that its per-image file can go
+    with the bug report."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.result: object | None = None
 
 
 class TrainingDivergedError(CertifyError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import torch
 
@@ -87,38 +88,73 @@ class SampleOutcomes:
 
 @dataclass
 class EvalSummary:
-    """Error rates of an evaluation. In a cascade, ``verified_error[m]`` is that of the
-    stages up to ``m`` together (the images that ``m`` or a cheaper method verified); with
-    every method on every image, that of ``m`` alone. ``decided`` counts, in a cascade,
-    the images each stage decided; ``checked`` the verified images that PGD attacked too."""
+    """Counts of an evaluation, and the error rates computed exactly from them.
+
+    ``clean_wrong`` counts the misclassified images, ``pgd_attacked`` those PGD found a
+    misclassified point for (the misclassified ones included: PGD error is
+    ``pgd_attacked / num_samples``), ``verified[m]`` the images bound method ``m``
+    verified. In a cascade, ``verified[m]`` counts the stages up to ``m`` together (the
+    images that ``m`` or a cheaper method verified); with every method on every image, ``m``
+    alone. ``best_verified`` counts the images any method verified. ``decided`` counts, in a
+    cascade, the images each stage decided; ``checked`` the verified images that PGD
+    attacked too."""
 
     num_samples: int
-    clean_error: float
-    pgd_error: float
-    verified_error: dict[BoundMethod, float]
-    best_verified_error: float
+    clean_wrong: int
+    pgd_attacked: int
+    verified: dict[BoundMethod, int]
+    best_verified: int
     seconds: dict[str, float]
     mode: str = "every-method"
     decided: dict[str, int] = field(default_factory=dict)
     checked: int = 0
+
+    @property
+    def clean_error(self) -> float:
+        return _ratio(self.clean_wrong, self.num_samples)
+
+    @property
+    def pgd_error(self) -> float:
+        return _ratio(self.pgd_attacked, self.num_samples)
+
+    @property
+    def verified_error(self) -> dict[BoundMethod, float]:
+        n = self.num_samples
+        return {m: _ratio(n - count, n) for m, count in self.verified.items()}
+
+    @property
+    def best_verified_error(self) -> float:
+        if not self.verified:
+            return float("nan")
+        return _ratio(self.num_samples - self.best_verified, self.num_samples)
+
+
+def _ratio(count: int, total: int) -> float:
+    """``count / total`` rounded once from the exact fraction: 2 of 200 is 0.01, never
+    float32's 0.00999999."""
+    return float(Fraction(count, total))
 
 
 def summarize(outcomes: SampleOutcomes, seconds: dict[str, float]) -> EvalSummary:
     n = len(outcomes.labels)
     if n == 0:
         raise UsageError("no samples were evaluated")
-    clean_err = 1.0 - outcomes.clean_correct.float().mean().item()
-    pgd_err = 1.0 - outcomes.pgd_robust.float().mean().item()
     cascade = outcomes.decided_by is not None
-    verified: dict[BoundMethod, float] = {}
+    verified: dict[BoundMethod, int] = {}
     union = torch.zeros_like(outcomes.pgd_robust)
     for method in outcomes.margin_lower:
         union = union | outcomes.verified(method)
         counted = union if cascade else outcomes.verified(method)
-        verified[method] = 1.0 - counted.float().mean().item()
-    best = 1.0 - outcomes.verified_any().float().mean().item() if verified else float("nan")
-    checked = int((outcomes.verified_any() & outcomes.pgd_ran).sum())
-    summary = EvalSummary(n, clean_err, pgd_err, verified, best, dict(seconds), checked=checked)
+        verified[method] = int(counted.sum())
+    summary = EvalSummary(
+        num_samples=n,
+        clean_wrong=int((~outcomes.clean_correct).sum()),
+        pgd_attacked=int((~outcomes.pgd_robust).sum()),
+        verified=verified,
+        best_verified=int(outcomes.verified_any().sum()),
+        seconds=dict(seconds),
+        checked=int((outcomes.verified_any() & outcomes.pgd_ran).sum()),
+    )
     if cascade:
         summary.mode = "cascade"
         stages = dict.fromkeys(outcomes.decided_by)
@@ -152,6 +188,6 @@ def _fail_on(mask: torch.Tensor, outcomes: SampleOutcomes, what: str) -> None:
         bad = outcomes.indices[mask].tolist()
         shown = ", ".join(str(i) for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
         raise SoundnessError(
-            f"soundness check failed: sample {shown} {what}; the bounds or the model "
-            "conversion are wrong, please report this with the model file"
+            f"soundness check failed: sample {shown} {what}. This is a bug (in the bounds "
+            "or the model conversion), never a result: please report it with the model file"
         )

@@ -27,7 +27,7 @@ from certify.bounds.margins import AlphaCrownOptions, BoundMethod, parse_methods
 from certify.core.datasets import Dataset, get_spec, parse_dataset
 from certify.core.devices import describe_device, resolve_device
 from certify.core.eps import format_eps, parse_eps
-from certify.core.errors import ModelError, UsageError, first_line
+from certify.core.errors import ModelError, SoundnessError, UsageError, first_line
 from certify.core.shard import device_for, gather, leave, merge_seconds, shard_from_environment
 from certify.core.version import __version__
 from certify.data import load_split
@@ -143,7 +143,6 @@ def evaluate(
     )
     if outcomes is None:  # another process reports
         return None
-    check_consistency(outcomes)
     settings = {
         "model": name or source,
         "arch": arch if isinstance(model, nn.Module) and arch else loaded.arch,
@@ -162,7 +161,13 @@ def evaluate(
         "certify": __version__,
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
     }
-    return EvalResult(settings, summarize(outcomes, seconds), outcomes)
+    result = EvalResult(settings, summarize(outcomes, seconds), outcomes)
+    try:
+        check_consistency(outcomes)
+    except SoundnessError as exc:
+        exc.result = result  # the per-image outcomes go with the bug report
+        raise
+    return result
 
 
 @dataclass(frozen=True)

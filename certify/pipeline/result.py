@@ -66,6 +66,10 @@ class EvalResult:
         cascade = {"decided": s.decided} if s.mode == "cascade" else {}
         return self.settings | {
             "num_samples": s.num_samples,
+            "clean_wrong": s.clean_wrong,
+            "pgd_attacked": s.pgd_attacked,
+            "verified": {m.value: count for m, count in s.verified.items()},
+            "best_verified": s.best_verified,
             "clean_error": s.clean_error,
             "pgd_error": s.pgd_error,
             "verified_error": {m.value: e for m, e in s.verified_error.items()},
