@@ -45,6 +45,7 @@ def main() -> None:
 
 
 def _register_commands() -> None:
+    from certify.commands.data_command import data_group
     from certify.commands.eval_command import eval_command
     from certify.commands.models_command import models_command
     from certify.commands.plot_command import plot_command
@@ -57,6 +58,7 @@ def _register_commands() -> None:
     cli.add_command(export_command)
     cli.add_command(report_command)
     cli.add_command(plot_command)
+    cli.add_command(data_group)
 
 
 _register_commands()

@@ -161,3 +161,19 @@ def test_a_soundness_failure_exits_3_and_writes_the_per_image_file(monkeypatch, 
     own = tmp_path / "mine.csv"
     result = CliRunner().invoke(cli, [*args, "--per-sample", str(own)])
     assert result.exit_code == 3 and own.exists() and str(own) in result.output
+
+
+def test_the_default_data_folder_is_certify_data_else_data(
+    trained_checkpoint, shared_data, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CERTIFY_DATA", raising=False)
+    args = ["eval", str(trained_checkpoint), "--num-samples", "8", *FAST, "--json"]
+    missing = CliRunner().invoke(cli, args)
+    assert missing.exit_code == 1
+    assert "data does not exist" in missing.output and "certify data download" in missing.output
+    (tmp_path / "data").symlink_to(shared_data)
+    assert json.loads(_run(*args).stdout)["num_samples"] == 8
+    (tmp_path / "data").unlink()
+    monkeypatch.setenv("CERTIFY_DATA", str(shared_data))
+    assert json.loads(_run(*args).stdout)["num_samples"] == 8

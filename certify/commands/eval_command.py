@@ -47,7 +47,11 @@ def _floats(ctx: click.Context, param: click.Parameter, text: str | None):
 @click.command("eval", cls=CertifyCommand)
 @click.argument("model_path", metavar="MODEL", required=False, type=click.Path(dir_okay=False))
 @click.option("--dataset", help=f"{_DATASETS} (default: from the checkpoint).")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data set.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    help="Folder with the data set. [default: $CERTIFY_DATA, else ./data]",
+)
 @click.option("--eps", help="L_inf radius in [0,1] pixel space, e.g. 8/255 or 0.0314.")
 @click.option("--arch", help="Architecture of a foreign checkpoint (see `certify models`).")
 @click.option("--num-classes", type=int, help="Classes of a foreign checkpoint.")

@@ -3,17 +3,37 @@
 The readers (``mnist``, ``cifar``, ``tinyimagenet``) turn on-disk files into uint8
 arrays; this module holds what they have in common: choosing the slice of a split,
 converting pixels to floats the way torchvision's ``ToTensor`` does, checking labels,
-and wording the errors about a missing layout, so that all readers say it alike.
+and wording the errors about a missing layout, so that all readers say it alike (and
+point at ``certify data download``). It also names the default data folder.
 """
 
 from __future__ import annotations
 
+import os
+import shlex
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from certify.core.errors import DataError, first_line
+from certify.core.errors import DataError, UsageError, first_line
+
+DATA_ENV = "CERTIFY_DATA"
+
+
+def default_data_dir() -> Path:
+    """The data folder used when none is given: ``$CERTIFY_DATA`` if set, else ``./data``
+    (the seed's default)."""
+    value = os.environ.get(DATA_ENV, "").strip()
+    return Path(value).expanduser() if value else Path("data")
+
+
+def download_hint(dataset: str, data_dir: Path) -> str:
+    """How to get a missing data set, to end an error message with."""
+    # Backquoted, but never a bare identifier: certify/commands/base.py would turn one
+    # into a flag name.
+    command = f"certify data download {dataset} --data-dir {shlex.quote(str(data_dir))}"
+    return f"to download it, run `{command}`"
 
 
 def resolve_slice(total: int, start: int, num_samples: int | None, what: str) -> tuple[int, int]:
@@ -25,9 +45,10 @@ def resolve_slice(total: int, start: int, num_samples: int | None, what: str) ->
     if total == 0:
         raise DataError(f"{what} holds no images: the files are empty, copy the data set again")
     if start >= total:
-        raise DataError(
-            f"start={start} is beyond the end of {what}, which has {total:,} images: "
-            f"use a start below {total}"
+        raise UsageError(
+            f"{start} is beyond the end of {what}, which has {total:,} images: "
+            f"use a start below {total}",
+            param="start",
         )
     stop = total if num_samples is None else min(total, start + num_samples)
     return start, stop
@@ -51,14 +72,18 @@ def to_labels(labels: np.ndarray, num_classes: int, source: Path) -> torch.Tenso
     return torch.from_numpy(labels.astype(np.int64))
 
 
-def not_found(what: str, expected: Path, layout: str, data_dir: Path, folder: str) -> DataError:
+def not_found(
+    what: str, expected: Path, layout: str, data_dir: Path, folder: str, dataset: str
+) -> DataError:
     """The error for a data dir that exists but lacks a data set's folder or files."""
     message = f"{what} not found: expected {expected} ({layout})"
     if data_dir.name == folder:
         # A common slip: pointing at the data set's own folder instead of its parent.
         message += f"; data_dir looks like the {folder} folder itself, pass {data_dir.parent}"
     else:
-        message += f"; data_dir must be the folder that holds {folder}/"
+        message += f"; data_dir must be the folder that holds {folder}/; " + download_hint(
+            dataset, data_dir
+        )
     return DataError(message)
 
 

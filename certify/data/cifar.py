@@ -19,7 +19,14 @@ import torch
 
 from certify.core.datasets import Dataset, get_spec
 from certify.core.errors import DataError
-from certify.data._common import not_found, resolve_slice, to_float, to_labels, typed_first_line
+from certify.data._common import (
+    download_hint,
+    not_found,
+    resolve_slice,
+    to_float,
+    to_labels,
+    typed_first_line,
+)
 
 FOLDER = "cifar-10-batches-py"
 _FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
@@ -85,13 +92,16 @@ def load(
 def _batch_files(data_dir: Path, split: str) -> list[Path]:
     folder = data_dir / FOLDER
     if not folder.is_dir():
-        raise not_found("CIFAR-10 folder", folder, _LAYOUT, data_dir, FOLDER)
+        raise not_found("CIFAR-10 folder", folder, _LAYOUT, data_dir, FOLDER, "cifar")
     files = [folder / name for name in _FILES[split] if (folder / name).is_file()]
     if files:
         return files
     names = ", ".join(_FILES[split])
     if not any(folder.iterdir()):
-        raise DataError(f"{folder} is empty: put the CIFAR-10 python batches there ({names})")
+        raise DataError(
+            f"{folder} is empty: put the CIFAR-10 python batches there ({names}); "
+            + download_hint("cifar", data_dir)
+        )
     raise DataError(f"no CIFAR-10 {split} batch in {folder}: expected one of {names} ({_LAYOUT})")
 
 

@@ -18,6 +18,7 @@ import torch
 from certify.core.datasets import Dataset, DatasetSpec, get_spec, parse_dataset
 from certify.core.errors import DataError
 from certify.data import cifar, mnist, tinyimagenet
+from certify.data._common import download_hint
 
 SPLITS = ("train", "test")
 
@@ -69,7 +70,7 @@ def load_split(
     name = parse_dataset(dataset)
     split = _check_split(split)
     start, num_samples = _check_slice(start, num_samples)
-    root = _check_data_dir(data_dir)
+    root = _check_data_dir(data_dir, name)
     images, labels = _READERS[name](root, split, start, num_samples)
     return ImageData(images=images, labels=labels, dataset=name, split=split, start=start)
 
@@ -99,12 +100,12 @@ def _check_slice(start: int, num_samples: int | None) -> tuple[int, int | None]:
     return int(start), int(num_samples)
 
 
-def _check_data_dir(data_dir: str | Path) -> Path:
+def _check_data_dir(data_dir: str | Path, dataset: Dataset) -> Path:
     root = Path(data_dir).expanduser()
     if not root.exists():
         raise DataError(
             f"data directory {root} does not exist: pass the folder that holds MNIST/, "
-            "cifar-10-batches-py/ or tiny-imagenet-200/"
+            f"cifar-10-batches-py/ or tiny-imagenet-200/, or {download_hint(dataset.value, root)}"
         )
     if not root.is_dir():
         raise DataError(f"data directory {root} is a file, not a folder: pass its folder")

@@ -19,7 +19,14 @@ import torch
 
 from certify.core.datasets import Dataset, get_spec
 from certify.core.errors import DataError
-from certify.data._common import not_found, resolve_slice, to_float, to_labels, typed_first_line
+from certify.data._common import (
+    download_hint,
+    not_found,
+    resolve_slice,
+    to_float,
+    to_labels,
+    typed_first_line,
+)
 
 _PREFIX = {"train": "train", "test": "t10k"}
 _LAYOUT = "torchvision's layout MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]"
@@ -78,9 +85,12 @@ def load(
 def _raw_dir(data_dir: Path) -> Path:
     raw = data_dir / "MNIST" / "raw"
     if not raw.is_dir():
-        raise not_found("MNIST folder", raw, _LAYOUT, data_dir, "MNIST")
+        raise not_found("MNIST folder", raw, _LAYOUT, data_dir, "MNIST", "mnist")
     if not any(raw.iterdir()):
-        raise DataError(f"{raw} is empty: put the MNIST IDX files there ({_LAYOUT})")
+        raise DataError(
+            f"{raw} is empty: put the MNIST IDX files there ({_LAYOUT}); "
+            + download_hint("mnist", data_dir)
+        )
     return raw
 
 
@@ -90,7 +100,7 @@ def _find(raw: Path, name: str, data_dir: Path) -> Path:
     for candidate in (raw / name, raw / f"{name}.gz"):
         if candidate.is_file():
             return candidate
-    raise not_found(f"MNIST file {name}", raw / f"{name}[.gz]", _LAYOUT, data_dir, "MNIST")
+    raise not_found(f"MNIST file {name}", raw / f"{name}[.gz]", _LAYOUT, data_dir, "MNIST", "mnist")
 
 
 def _open_idx(path: Path, ndim: int) -> _IdxFile:

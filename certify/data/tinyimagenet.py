@@ -55,7 +55,9 @@ def _root(data_dir: Path) -> Path:
     for relative in _ROOTS:
         if (data_dir / relative).is_dir():
             return data_dir / relative
-    raise not_found("TinyImageNet folder", data_dir / FOLDER, _LAYOUT, data_dir, FOLDER)
+    raise not_found(
+        "TinyImageNet folder", data_dir / FOLDER, _LAYOUT, data_dir, FOLDER, "tinyimagenet"
+    )
 
 
 def _classes(root: Path) -> dict[str, int]:

@@ -30,7 +30,7 @@ from certify.core.eps import format_eps, parse_eps
 from certify.core.errors import ModelError, SoundnessError, UsageError, first_line
 from certify.core.shard import device_for, gather, leave, merge_seconds, shard_from_environment
 from certify.core.version import __version__
-from certify.data import load_split
+from certify.data import default_data_dir, load_split
 from certify.evaluation.attack import PGDConfig, parse_losses
 from certify.evaluation.images import (
     DEFAULT_PGD,
@@ -85,7 +85,9 @@ def evaluate(
     ``dataset`` and ``eps`` (pixel space, ``8/255`` or a number) default to what the
     checkpoint records; ``arch`` and ``num_classes`` are for checkpoints that do not say
     them (for a module, ``arch`` only names it in the results, as ``name`` does).
-    ``progress(stage, done, total)`` is called after every batch.
+    ``data_dir`` defaults to ``$CERTIFY_DATA``, else ``./data`` (for the bundled model on
+    MNIST, to the images that ship with it). ``progress(stage, done, total)`` is called
+    after every batch.
 
     By default each image is decided by the cheapest stage that can (a cascade: the clean
     prediction, IBP, CROWN-IBP, PGD, CROWN, alpha-CROWN, of the ``methods`` named), and
@@ -113,7 +115,7 @@ def evaluate(
     eps_value = args.eps if args.eps is not None else loaded.eps
     if eps_value is None:
         raise UsageError(f"{source} does not say its eps: give one, e.g. 8/255", param="eps")
-    folder = Path(data_dir).expanduser() if data_dir else _default_data_dir(model, chosen)
+    folder = Path(data_dir).expanduser() if data_dir else _data_dir(model, chosen)
     data = load_split(chosen, folder, "test", start, num_samples)
     _check_input_shape(loaded.model, data.images, chosen, source)
     if loaded.conversion_difference is not None:
@@ -258,11 +260,12 @@ def _load(
     return loaded, type(model).__name__
 
 
-def _default_data_dir(model: Any, dataset: Dataset) -> Path:
+def _data_dir(model: Any, dataset: Dataset) -> Path:
+    """The bundled model's own images for MNIST, else the default data folder."""
     bundled = model is None or (not isinstance(model, nn.Module) and Path(model) == EMBEDDED_MODEL)
     if bundled and dataset is Dataset.MNIST:
         return EMBEDDED_DATA
-    raise UsageError(f"give the folder that holds the {dataset.value} files", param="data_dir")
+    return default_data_dir()
 
 
 def _check_input_shape(
