@@ -295,3 +295,26 @@ def test_export_writes_onnx_with_normalization(shared_data: Path, tmp_path: Path
         assert torch.allclose(back(images), model(images), atol=1e-4)
     bad = CliRunner().invoke(cli, ["export", str(result.best_path), str(tmp_path / "m.txt")])
     assert bad.exit_code == 1 and ".onnx" in bad.output
+
+
+def test_a_soundness_failure_in_the_final_evaluation_exits_3(
+    shared_data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Bounds that verify images PGD attacks make the final evaluation fail as a bug: exit
+    3, the per-image file in the run folder, the checkpoints kept."""
+    from certify.evaluation import images
+
+    monkeypatch.setattr(images._Run, "_bound", lambda self, which, method: torch.ones(len(which)))
+    attacked = lambda self, which, stage: torch.zeros(len(which), dtype=torch.bool)  # noqa: E731
+    monkeypatch.setattr(images._Run, "_attack", attacked)
+    out = tmp_path / "run"
+    args = [
+        "train", "--dataset", "mnist", "--data-dir", str(shared_data), "--out-dir", str(out),
+        "--eps", "0.1", "--epochs", "1", "--batch-size", "50", "--num-train", "100",
+        "--val-size", "50", "--test-samples", "30", "--pgd-steps", "2", "--device", "cpu",
+    ]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 3, result.output
+    assert "soundness check failed" in result.output and "bug" in result.output
+    samples = _csv_rows(out / "soundness_failure_samples.csv")
+    assert len(samples) == 30 and (out / "best.pth").exists()

@@ -13,6 +13,7 @@ from typing import Any
 
 from certify.core.datasets import get_spec, parse_dataset
 from certify.core.errors import UsageError
+from model_zoo.registry import canonical_name
 from training.loop import Method
 from training.schedulers import ScheduleKind, parse_schedule_kind
 
@@ -64,6 +65,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self._convert_types()
         parse_dataset(self.dataset)
+        canonical_name(self.arch)  # an unknown architecture fails before any data is read
         checks = [
             ("epochs", self.epochs >= 1, "give at least 1"),
             ("batch_size", self.batch_size >= 2, "give at least 2 (BatchNorm needs two)"),
@@ -86,6 +88,7 @@ class TrainConfig:
             ("test_samples", self.test_samples is None or self.test_samples >= 1,
              "give at least 1"),
             ("eps", 0 < self.eps <= 1, "must be in (0, 1], e.g. 0.1 or 8/255"),
+            ("min_reg_eps", self.min_reg_eps > 0, "must be positive"),
         ]  # fmt: skip
         for name, ok, reason in checks:
             if not ok:

@@ -148,16 +148,17 @@ def _train(
     # Before the run folder: the architecture and its options must build.
     model = _new_model(config)
     # Every process takes its shard of the final evaluation; rank 0 writes the results.
-    check_results = config.final_eval and shard.is_main
     if config.final_eval:
         _check_eval_methods(config)
-    if check_results and _results_file(config, out_dir).parent.is_dir():
+    check_results = config.final_eval and shard.is_main
+    in_new_dir = _results_file(config, out_dir).parent.resolve() == out_dir.resolve()
+    in_new_dir = in_new_dir and not out_dir.is_dir()
+    if check_results and not in_new_dir:
         _check_results_file(config, out_dir)
-        check_results = False
     # Created only now, so that bad options or data leave nothing behind.
     if shard.is_main:
         _make_dir(out_dir)
-    if check_results:  # a results file inside the new run folder
+    if check_results and in_new_dir:
         _check_results_file(config, out_dir)
     start = _start(config, out_dir, device, model)
     runner = _EpochRunner(config, start, device, train_split, shard)

@@ -10,7 +10,8 @@ accepts too). ``smoothed`` stays at zero until epoch ``start``, grows as a polyn
 degree ``beta`` (4) during the first ``mid`` (a quarter) of the ramp and then linearly,
 with a continuous slope, reaching ``max_eps`` after epoch ``start + length - 1``.
 ``linear`` grows linearly over ``length`` epochs, one step per epoch spread over its
-batches.
+batches. :func:`parse_scheduler_opts` reads auto_LiRPA's option string
+(``start=2,length=80``), as the seed's ``--scheduler_opts`` and config files give it.
 """
 
 from __future__ import annotations
@@ -110,3 +111,46 @@ def parse_schedule_kind(name: str) -> ScheduleKind:
         raise UsageError(
             f"unknown eps schedule {name!r}: use smoothed or linear", param="schedule"
         ) from None
+
+
+def parse_scheduler_opts(text: str) -> tuple[int, int]:
+    """``(start, length)`` from auto_LiRPA's scheduler options, e.g. ``start=2,length=80``.
+
+    Both keys are needed. The smoothed shape's ``mid`` and ``beta`` are accepted at the
+    values :class:`EpsSchedule` uses (0.25 and 4), and refused otherwise.
+    """
+    fixed = {"mid": EpsSchedule.mid, "beta": EpsSchedule.beta}
+    values: dict[str, int] = {}
+    for item in text.replace(" ", "").split(","):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise _opts_error(f"{item!r} is not key=value; write e.g. start=2,length=80")
+        if key in fixed:
+            if _number(value) != fixed[key]:
+                raise _opts_error(
+                    f"{key}={value}: certify's smoothed schedule has {key} {fixed[key]:g} only"
+                )
+        elif key in ("start", "length"):
+            try:
+                values[key] = int(value)
+            except ValueError:
+                raise _opts_error(f"{key}={value}: give a whole number of epochs") from None
+        else:
+            raise _opts_error(f"unknown option {key!r}: use start, length (mid, beta)")
+    missing = [k for k in ("start", "length") if k not in values]
+    if missing:
+        raise _opts_error(f"{text!r} lacks {' and '.join(missing)}; write e.g. start=2,length=80")
+    return values["start"], values["length"]
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _opts_error(reason: str) -> UsageError:
+    return UsageError(reason, param="scheduler_opts")

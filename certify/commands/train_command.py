@@ -6,7 +6,8 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -20,11 +21,16 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from certify.commands.base import CertifyCommand
+from certify.commands.base import CertifyCommand, write_soundness_evidence
+from certify.commands.seed_flags import hidden_names, seed_only_options
 from certify.core.datasets import Dataset
+from certify.core.errors import SoundnessError
+from training.config import TrainConfig
 from training.loop import Method
 from training.presets import PRESETS
-from training.schedulers import ScheduleKind
+
+# The seed's default run folder: its TinyImageNet command names none.
+DEFAULT_OUT_DIR = "model"
 
 _METHOD_HELP = (
     "fast: IBP initialization + warmup regularizers; vanilla: plain IBP; "
@@ -57,33 +63,83 @@ def _methods(ctx: click.Context, param: click.Parameter, value: str | None):
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
+def _schedule_kind(ctx: click.Context, param: click.Parameter, value: str | None):
+    from certify.core.errors import UsageError
+    from training.schedulers import parse_schedule_kind
+
+    try:
+        return None if value is None else parse_schedule_kind(value)
+    except UsageError as exc:
+        raise click.BadParameter(exc.reason) from None
+
+
+def _scheduler_opts(ctx: click.Context, param: click.Parameter, value: str | None):
+    from certify.core.errors import UsageError
+    from training.schedulers import parse_scheduler_opts
+
+    try:
+        return None if value is None else parse_scheduler_opts(value)
+    except UsageError as exc:
+        raise click.BadParameter(exc.reason) from None
+
+
 class _TrainCommand(CertifyCommand):
-    """Keeps the raw arguments, for ``--nproc`` to start itself again under torchrun."""
+    """Keeps the raw arguments, for ``--nproc`` to start itself again under torchrun, and
+    reports a bad argument in one line, without click's usage lines."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta["certify.train.args"] = list(args)
-        return super().parse_args(ctx, args)
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            exc.ctx = None  # click prints the usage block only for an error with a context
+            if isinstance(exc, click.NoSuchOption):  # suggest no refused seed flag
+                exc.possibilities = [p for p in exc.possibilities or () if p not in hidden_names()]
+            raise
 
 
+# Second names are the seed's flags of the same meaning (its README's commands run as
+# typed); the seed's other flags are refused by name (certify.commands.seed_flags).
 @click.command("train", cls=_TrainCommand)
 @click.option(
     "--preset",
     type=click.Choice(list(PRESETS)),
     help="Settings of the seed's README command for this data set.",
 )
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="A config JSON in the seed's schema (data set, batch size, eps, ...); flags win.",
+)
 @click.option("--dataset", help=f"{', '.join(d.value for d in Dataset)} (set by --preset).")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with the data set.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    help="Folder with the data set. [default: $CERTIFY_DATA, else ./data]",
+)
 @click.option(
     "--out-dir",
+    "--dir",
+    "out_dir",
     type=click.Path(file_okay=False),
-    required=True,
+    default=DEFAULT_OUT_DIR,
+    show_default=True,
     help="Run folder: checkpoints, train_log.csv, results.csv.",
 )
-@click.option("--arch", help="Architecture (see `certify models`). [default: cnn_4layer]")
+@click.option(
+    "--arch", "--model", "arch", help="Architecture (see `certify models`). [default: cnn_4layer]"
+)
 @click.option("--method", type=click.Choice([m.value for m in Method]), help=_METHOD_HELP)
 @click.option("--eps", callback=_eps, help="Training eps in [0,1] pixels, e.g. 0.1 or 8/255.")
-@click.option("--num-classes", type=int, help="Classes (default: the data set's).")
-@click.option("--epochs", type=int, help="Number of epochs.")
+@click.option(
+    "--num-classes",
+    "--num-class",
+    "num_classes",
+    type=int,
+    help="Classes (default: the data set's).",
+)
+@click.option("--epochs", "--num-epochs", "epochs", type=int, help="Number of epochs.")
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float, help="Adam learning rate. [default: 5e-4]")
 @click.option("--lr-decay-factor", type=float, help="[default: 0.2]")
@@ -93,18 +149,41 @@ class _TrainCommand(CertifyCommand):
     callback=_int_list,
     help="Epochs after which the lr decays, e.g. 50,60.",
 )
-@click.option("--grad-clip", type=float, help="Max gradient norm. [default: 10]")
+@click.option(
+    "--grad-clip", "--grad-norm", "grad_clip", type=float, help="Max gradient norm. [default: 10]"
+)
 @click.option("--grad-acc-steps", type=int, help="Split each batch into this many steps.")
 @click.option(
     "--scheduler",
+    "--scheduler_name",
     "schedule",
-    type=click.Choice([k.value for k in ScheduleKind]),
-    help="eps schedule. [default: smoothed]",
+    callback=_schedule_kind,
+    help="eps schedule: smoothed or linear (or SmoothedScheduler, LinearScheduler). "
+    "[default: smoothed]",
+)
+@click.option(
+    "--scheduler_opts",
+    "--scheduler-opts",
+    "scheduler_opts",
+    callback=_scheduler_opts,
+    help="The eps ramp as start=S,length=L: --schedule-start S --schedule-length L.",
 )
 @click.option("--schedule-start", type=int, help="First epoch of the eps ramp (from 1).")
 @click.option("--schedule-length", type=int, help="Epochs of the eps ramp (the warmup).")
 @click.option("--tol", type=float, help="Regularizer tolerance tau. [default: 0.5]")
-@click.option("--reg-lambda", type=float, help="Regularizer weight lambda. [default: 0.5]")
+@click.option(
+    "--reg-lambda",
+    "--pi",
+    "reg_lambda",
+    type=float,
+    help="Regularizer weight lambda. [default: 0.5]",
+)
+@click.option(
+    "--min-eps-reg",
+    "min_reg_eps",
+    type=float,
+    help="eps of the regularizers' bounds while the schedule is at 0. [default: 1e-6]",
+)
 @click.option("--crop-padding", type=int, help="Random crop after edge padding (0: none).")
 @click.option("--flip/--no-flip", default=None, help="Random horizontal flips.")
 @click.option("--num-train", type=int, help="Use only the first N training images.")
@@ -113,7 +192,7 @@ class _TrainCommand(CertifyCommand):
 @click.option("--device", help="auto, cpu or cuda. [default: auto]")
 @click.option("--threads", type=int, help="CPU threads for torch (default: torch's choice).")
 @click.option("--resume", is_flag=True, default=None, help="Continue the run in --out-dir.")
-@click.option("--eval-batch-size", type=int)
+@click.option("--eval-batch-size", "--test-batch-size", "eval_batch_size", type=int)
 @click.option(
     "--final-eval/--no-final-eval",
     default=None,
@@ -135,21 +214,22 @@ class _TrainCommand(CertifyCommand):
     type=click.IntRange(min=1),
     help="Start this many processes with torch.distributed.run (torchrun --nproc-per-node).",
 )
+@seed_only_options
 @click.pass_context
-def train_command(
-    ctx: click.Context, preset: str | None, nproc: int | None, **options: Any
-) -> None:
+def train_command(ctx: click.Context, nproc: int | None, **options: Any) -> None:
     """Train a certifiably robust classifier with IBP and a short warmup."""  # fmt: skip
     if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
         ctx.exit(_relaunch(ctx, nproc))
-    from training.presets import resolve_config
     from training.run import train
 
-    given = {name: value for name, value in options.items() if value is not None}
-    config = resolve_config(preset, **given)
+    config = build_config(**options)
     console = Console(stderr=True)
-    with _progress(console) as callbacks:
-        result = train(config, callbacks)
+    try:
+        with _progress(console) as callbacks:
+            result = train(config, callbacks)
+    except SoundnessError as exc:  # in the final evaluation
+        write_soundness_evidence(exc, None, Path(config.out_dir))
+        raise
     if not result.is_main:
         return  # rank > 0 under torchrun: rank 0 reports
     b = result.best
@@ -161,6 +241,43 @@ def train_command(
         Console().print(result.evaluation.table())
         click.echo(f"wrote {result.results_path}", err=True)
     click.echo(f"wrote {result.best_path}, {result.last_path}, {result.log_path}", err=True)
+
+
+def build_config(
+    preset: str | None = None,
+    config_file: str | None = None,
+    scheduler_opts: tuple[int, int] | None = None,
+    **options: Any,
+) -> TrainConfig:
+    """The run's settings from the command's parsed options (``ctx.params`` without
+    ``nproc``), without training: stored run (``--resume``), then preset, then the
+    ``--config`` file, then the flags."""
+    from certify.core.errors import UsageError
+    from certify.data import default_data_dir
+    from training.presets import resolve_config
+    from training.seed_config import read_seed_config
+
+    given = {name: value for name, value in options.items() if value is not None}
+    if scheduler_opts is not None:
+        if "schedule_start" in given or "schedule_length" in given:
+            raise UsageError(
+                "sets what `schedule_start` and `schedule_length` set: give one or the other",
+                param="scheduler_opts",
+            )
+        given["schedule_start"], given["schedule_length"] = scheduler_opts
+    if "data_dir" not in given and not given.get("resume"):
+        given["data_dir"] = default_data_dir()
+    from_file = read_seed_config(config_file, overridden=given) if config_file else {}
+    return resolve_config(preset, **{**from_file, **given})
+
+
+def config_from_args(args: Sequence[str]) -> TrainConfig:
+    """The settings ``certify train ARGS`` would train with, resolved without training
+    (click's errors for bad flags, the library's for bad settings)."""
+    ctx = train_command.make_context("train", list(args))
+    params = dict(ctx.params)
+    params.pop("nproc", None)
+    return build_config(**params)
 
 
 def _relaunch(ctx: click.Context, nproc: int) -> int:
