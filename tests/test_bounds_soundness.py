@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from certify.bounds.margins import BoundMethod, MarginBounder, margin_matrix
+from certify.core.errors import ModelError
 from model_zoo.normalization import NormalizedModel
 from tests.networks import Residual
 
@@ -79,11 +80,8 @@ def setup():
     return model, images, labels, MarginBounder(model, (3, 16, 16), torch.device("cpu"))
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_bounds_hold_on_random_corner_and_attacked_points(setup, method: BoundMethod) -> None:
-    model, images, labels, bounder = setup
-    eps = 0.02
-    lower = bounder.lower_bounds(images, labels, eps, method)
+def _assert_bounds_hold(model, images, labels, eps: float, lower: torch.Tensor) -> None:
+    """No random point, corner or attacked point of the ball has a margin below lower."""
     lo, hi = (images - eps).clamp(0, 1), (images + eps).clamp(0, 1)
     with torch.no_grad():
         for _ in range(50):
@@ -92,6 +90,15 @@ def test_bounds_hold_on_random_corner_and_attacked_points(setup, method: BoundMe
                 assert (_margins(model, x, labels) >= lower - TOL).all()
     attacked = _attack_each_margin(model, images, labels, eps)
     assert (attacked >= lower - TOL).all()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_bounds_hold_on_random_corner_and_attacked_points(setup, method: BoundMethod) -> None:
+    model, images, labels, bounder = setup
+    eps = 0.02
+    _assert_bounds_hold(
+        model, images, labels, eps, bounder.lower_bounds(images, labels, eps, method)
+    )
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -120,8 +127,6 @@ def test_margin_matrix_rows() -> None:
 
 
 def test_dilated_convolutions_are_refused() -> None:
-    from certify.core.errors import ModelError
-
     model = nn.Sequential(nn.Conv2d(1, 2, 3, dilation=2), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
     with pytest.raises(ModelError, match="dilated convolutions"):
         MarginBounder(model, (1, 8, 8), torch.device("cpu"))
@@ -144,3 +149,61 @@ def test_crown_bounds_of_an_image_do_not_depend_on_its_batch() -> None:
             data.images[i : i + 1], data.labels[i : i + 1], 0.4, BoundMethod.CROWN
         )
         torch.testing.assert_close(alone[0], batch[i], rtol=0.0, atol=1e-4)
+
+
+def _s_shaped_net(kind: str, activation: type[nn.Module]) -> nn.Module:
+    if kind == "mlp":
+        layers = [nn.Flatten(), nn.Linear(3 * 8 * 8, 32), activation(), nn.Linear(32, 32)]
+        layers += [activation(), nn.Linear(32, 10)]
+    else:
+        layers = [nn.Conv2d(3, 8, 3, stride=2, padding=1), activation()]
+        layers += [nn.Conv2d(8, 8, 3, stride=2, padding=1), activation()]
+        layers += [nn.Flatten(), nn.Linear(8 * 2 * 2, 10)]
+    body = nn.Sequential(*layers)
+    # Large weights spread the pre-activation intervals over both sides of the
+    # inflection point, across it and far from it, where the relaxation changes.
+    with torch.no_grad():
+        for parameter in body.parameters():
+            parameter.mul_(4.0)
+    return NormalizedModel(body, [0.5] * 3, [0.25] * 3).eval()
+
+
+@pytest.fixture(scope="module")
+def s_shaped_setups() -> dict:
+    return {}
+
+
+def _s_shaped_params() -> list:
+    params = []
+    for activation in (nn.Sigmoid, nn.Tanh):
+        for kind in ("mlp", "cnn"):
+            for method in BoundMethod:
+                marks = [pytest.mark.slow] if method is BoundMethod.ALPHA_CROWN else []
+                if kind == "cnn" and method is BoundMethod.ALPHA_CROWN:
+                    marks.append(
+                        pytest.mark.xfail(
+                            raises=ModelError,
+                            strict=True,
+                            reason="auto-LiRPA 0.3 sizes the sigmoid and tanh slopes of "
+                            "alpha-CROWN for dense layers only",
+                        )
+                    )
+                name = f"{activation.__name__.lower()}-{kind}-{method.value}"
+                params.append(pytest.param(activation, kind, method, marks=marks, id=name))
+    return params
+
+
+@pytest.mark.parametrize(("activation", "kind", "method"), _s_shaped_params())
+def test_sigmoid_and_tanh_bounds_hold(s_shaped_setups, activation, kind, method) -> None:
+    key = (activation, kind)
+    if key not in s_shaped_setups:
+        torch.manual_seed(2)
+        model = _s_shaped_net(kind, activation)
+        images = torch.rand(4, 3, 8, 8)
+        labels = model(images).argmax(1)
+        bounder = MarginBounder(model, (3, 8, 8), torch.device("cpu"))
+        s_shaped_setups[key] = model, images, labels, bounder
+    model, images, labels, bounder = s_shaped_setups[key]
+    eps = 0.05
+    lower = bounder.lower_bounds(images, labels, eps, method)
+    _assert_bounds_hold(model, images, labels, eps, lower)

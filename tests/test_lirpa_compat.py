@@ -4,7 +4,8 @@ Each patch is proven by a real bound computation that crashed or went wrong with
 checked against an independent reference: sampled outputs of the plain model (soundness),
 interval arithmetic written here (IBP), CROWN in conv_mode "matrix" (for patches-mode
 bugs), or the same network written without the problematic layer. To see a test fail
-without its patch, run it with ``CERTIFY_LIRPA_SKIP=<patch name>``.
+without its patch, run it with ``CERTIFY_LIRPA_SKIP=<patch name>``. The sigmoid and tanh
+relaxation (``s_shaped_relaxation``) is tested in tests/test_sigmoid_relaxation.py.
 """
 
 from __future__ import annotations

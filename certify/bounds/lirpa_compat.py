@@ -2,9 +2,11 @@
 
 certify computes its bounds (IBP, CROWN-IBP, CROWN) with auto-LiRPA. The only release on
 the package index, 0.3 (2022), was written for torch 1.12 and numpy 1.x; on the torch and
-numpy that certify supports it fails to import, and several of its operators crash or give
-wrong bounds in ``conv_mode="patches"`` (its default). Every other module of certify gets
-auto_LiRPA from :func:`load_auto_lirpa`, never with a plain ``import auto_LiRPA``::
+numpy that certify supports it fails to import, several of its operators crash or give
+wrong bounds in ``conv_mode="patches"`` (its default), and its sigmoid and tanh lines are
+unsound past +-500 and loose across 0 (:func:`s_shaped_relaxation` replaces them).
+Every other module of certify gets auto_LiRPA from :func:`load_auto_lirpa`, never with a
+plain ``import auto_LiRPA``::
 
     from certify.bounds.lirpa_compat import load_auto_lirpa
 
@@ -792,6 +794,277 @@ def _clamp_gradient_apply() -> None:
     _ops().BoundRelu._relu_mask_alpha = staticmethod(_relu_mask_alpha)
 
 
+# --- sigmoid and tanh relaxation -------------------------------------------------------
+
+#: f(0) of the S-shaped functions certify relaxes itself: both are point-symmetric about
+#: (0, f(0)), their inflection point, convex left of it and concave right of it.
+_S_SHAPED_CENTRE = {"sigmoid": 0.5, "tanh": 0.0}
+
+
+def _s_shaped_function(name: str) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    """f and f' of ``name``, in forms that stay accurate far from 0 (1 - tanh(x)^2 is 0
+    in floating point long before sech(x)^2 is)."""
+    import torch
+
+    if name == "sigmoid":
+        return torch.sigmoid, lambda x: torch.sigmoid(x) * torch.sigmoid(-x)
+
+    def dtanh(x: Any) -> Any:
+        t = torch.exp(-2.0 * x.abs())
+        return 4.0 * t / (1.0 + t) ** 2
+
+    return torch.tanh, dtanh
+
+
+def _s_shaped_lower_line(lower: Any, upper: Any, name: str) -> tuple[Any, Any, Any, Any]:
+    """The lower line k*x + b of f on [lower, upper] (float64, finite, lower <= upper),
+    chosen by where the interval lies with respect to the inflection point 0:
+
+    * u <= 0, f convex: the tangent at the midpoint (of all tangents, the one with the
+      largest area under it);
+    * l >= 0, f concave: the chord;
+    * l < 0 < u: the chord if it stays below f (f'(l) >= its slope); otherwise a
+      tangent at a point d <= 0: it is valid exactly when it passes below (u, f(u))
+      (f minus the tangent is convex and >= 0 left of 0, concave right of it), which
+      holds for every d up to the d* found by bisection. Of those, the midpoint (when it
+      is one) has the largest area; else d* itself.
+
+    Returns (k, b, direct, limit): ``direct`` marks the crossing intervals that take the
+    chord, ``limit`` is d* (the largest valid tangent point of a crossing interval, for
+    alpha-CROWN's tangent points), ``lower`` elsewhere.
+    """
+    import torch
+
+    f, df = _s_shaped_function(name)
+    width = upper - lower
+    mid = lower + width / 2
+    f_l, f_u = f(lower), f(upper)
+    chord = torch.where(width > 0, (f_u - f_l) / torch.where(width > 0, width, 1.0), df(lower))
+    crossing = (lower < 0) & (upper > 0)
+    direct = crossing & (df(lower) >= chord)
+
+    # Bisection on the intervals that need it keeps lo valid (its tangent passes below
+    # (u, f(u))) and hi invalid (the tangent at 0 passes above f right of 0); 80 halvings
+    # of [l, 0] reach float64 resolution for any |l| < 1e8, and lo stays valid beyond.
+    search = crossing & ~direct
+    limit = lower.detach().clone()
+    u_search, f_search = upper.detach()[search], f_u.detach()[search]
+    lo, hi = limit[search], torch.zeros_like(u_search)
+    for _ in range(80):
+        d = (lo + hi) / 2
+        below = f(d) + df(d) * (u_search - d) <= f_search
+        lo, hi = torch.where(below, d, lo), torch.where(below, hi, d)
+    limit[search] = lo
+
+    point = torch.where(crossing, torch.minimum(limit, mid), mid)
+    tangent_k = df(point)
+    tangent_b = f(point) - tangent_k * point
+    use_chord = (lower >= 0) | direct
+    k = torch.where(use_chord, chord, tangent_k)
+    b = torch.where(use_chord, f_l - chord * lower, tangent_b)
+    return k, b, direct, limit
+
+
+def _round_line(k: Any, b: Any, reach: Any, side: float, dtype: Any) -> tuple[Any, Any]:
+    """The float64 line (k, b) in ``dtype``, its bias moved outwards (down for a lower
+    line, side=-1, up for an upper one, side=+1) by what rounding k costs on |x| <= reach
+    and by a margin for float64's own rounding of f, then rounded outwards: the line in
+    ``dtype`` stays on its side of f. Gradients pass as through a plain cast."""
+    import torch
+
+    k_out = k.to(dtype)
+    with torch.no_grad():
+        reach = torch.where(torch.isfinite(reach), reach, 0.0)
+        slack = (k_out.double() - k).abs() * reach + 1e-12 * (1.0 + b.abs())
+        target = b + side * slack
+        rounded = target.to(dtype)
+        away = torch.full_like(rounded, side * float("inf"))
+        rounded = torch.where(
+            (rounded.double() - target) * side < 0, torch.nextafter(rounded, away), rounded
+        )
+    if not b.requires_grad:
+        return k_out, rounded
+    b_cast = b.to(dtype)
+    return k_out, rounded + (b_cast - b_cast.detach())  # the value of rounded, exactly
+
+
+@dataclass(frozen=True)
+class SShapedRelaxation:
+    """Linear bounds lower_k*x + lower_b <= f(x) <= upper_k*x + upper_b of sigmoid or
+    tanh on each neuron's [lower, upper], in the dtype of the bounds.
+
+    ``direct_lower``/``direct_upper`` mark the intervals that contain 0 and take the chord
+    on that side; ``lower_limit``/``upper_limit`` are, on the other intervals that contain
+    0, the tangent points closest to 0 whose tangents are still valid (every tangent
+    point below lower_limit gives a valid lower line, above upper_limit a valid upper
+    one), rounded outwards; ``lower_point``/``upper_point`` the tangent points chosen.
+    """
+
+    lower_k: Any
+    lower_b: Any
+    upper_k: Any
+    upper_b: Any
+    direct_lower: Any
+    direct_upper: Any
+    lower_limit: Any
+    upper_limit: Any
+    lower_point: Any
+    upper_point: Any
+    finite: Any
+
+
+def s_shaped_relaxation(lower: Any, upper: Any, name: str) -> SShapedRelaxation:
+    """CROWN's linear relaxation of ``name`` ("sigmoid" or "tanh") on [lower, upper],
+    computed in float64 without a lookup table or a range limit, then rounded so that the
+    lines stay sound in the bounds' dtype. Neurons with an infinite bound get the
+    constant lines f(lower) and f(upper).
+
+    The upper line is the lower line of the point-reflected interval [-u, -l], reflected
+    back: f(x) = 2 f(0) - f(-x).
+    """
+    import torch
+
+    f, _ = _s_shaped_function(name)
+    centre = _S_SHAPED_CENTRE[name]
+    dtype = lower.dtype
+    l64, u64 = lower.double(), upper.double()
+    finite = torch.isfinite(l64) & torch.isfinite(u64)
+    l_safe, u_safe = torch.where(finite, l64, 0.0), torch.where(finite, u64, 0.0)
+    lk, lb, direct_lower, lower_limit = _s_shaped_lower_line(l_safe, u_safe, name)
+    rk, rb, direct_upper, reflected_limit = _s_shaped_lower_line(-u_safe, -l_safe, name)
+    uk, ub = rk, 2.0 * centre - rb
+    lk, uk = torch.where(finite, lk, 0.0), torch.where(finite, uk, 0.0)
+    lb, ub = torch.where(finite, lb, f(l64)), torch.where(finite, ub, f(u64))
+    reach = torch.maximum(l64.abs(), u64.abs()).detach()
+    lower_k, lower_b = _round_line(lk, lb, reach, -1.0, dtype)
+    upper_k, upper_b = _round_line(uk, ub, reach, 1.0, dtype)
+    mid = (l_safe + (u_safe - l_safe) / 2).detach()
+    lower_point = torch.minimum(lower_limit, mid)
+    upper_point = torch.maximum(-reflected_limit, mid)
+
+    def outwards(value: Any, side: float) -> Any:
+        rounded = value.to(dtype)
+        away = torch.full_like(rounded, side * float("inf"))
+        return torch.where(
+            (rounded.double() - value) * side < 0, torch.nextafter(rounded, away), rounded
+        )
+
+    return SShapedRelaxation(
+        lower_k, lower_b, upper_k, upper_b,
+        direct_lower & finite, direct_upper & finite,
+        outwards(lower_limit, -1.0), outwards(-reflected_limit, 1.0),
+        outwards(lower_point, -1.0), outwards(upper_point, 1.0), finite,
+    )  # fmt: skip
+
+
+def _relaxation_of(node: Any, x: Any, name: str) -> SShapedRelaxation:
+    """s_shaped_relaxation of the node's input bounds, kept while they stay the same
+    tensors: 0.3 relaxes an activation again for every later layer's backward pass.
+    Bounds that carry a gradient (training, alpha-CROWN) are relaxed each time."""
+    lower, upper = x.lower, x.upper
+    if lower.requires_grad or upper.requires_grad:
+        return s_shaped_relaxation(lower, upper, name)
+    key = (name, lower._version, upper._version)
+    cached = node.__dict__.get("_certify_s_shaped")
+    if cached is not None and cached[0] is lower and cached[1] is upper and cached[2] == key:
+        return cached[3]
+    relaxation = s_shaped_relaxation(lower, upper, name)
+    node.__dict__["_certify_s_shaped"] = (lower, upper, key, relaxation)
+    return relaxation
+
+
+def _s_shaped_probe() -> bool:
+    """On [-600, 600] 0.3's sigmoid lines must hold at the ends (0.3 clamps the bounds to
+    +-500 first, and its lower line passes 1.2 at 600); on [-10, 1] its lower line at -10
+    must be no lower than the midpoint's tangent there (0.3 takes the tangent through
+    (1, sigmoid(1)), at -1.25 instead of -0.05)."""
+    import torch
+
+    node = _ops().BoundSigmoid({}, [], 0, {})
+    lower, upper = torch.tensor([[-600.0, -10.0]]), torch.tensor([[600.0, 1.0]])
+    x = types.SimpleNamespace(lower=lower, upper=upper)
+    node.init_linear_relaxation(x)
+    node.bound_relax(x)
+    lines = [t.double() for t in (node.lw, node.lb, node.uw, node.ub)]
+    for end in (lower.double(), upper.double()):
+        y = torch.sigmoid(end)
+        if (lines[0] * end + lines[1] > y).any() or (lines[2] * end + lines[3] < y).any():
+            return False
+    m = torch.tensor(-4.5, dtype=torch.float64)
+    tangent_at_l = torch.sigmoid(m) + torch.sigmoid(m) * torch.sigmoid(-m) * (-10.0 - m)
+    return bool(lines[0][0, 1] * -10.0 + lines[1][0, 1] >= tangent_at_l - 1e-6)
+
+
+def _s_shaped_apply() -> None:
+    """BoundTanh.bound_relax_impl (BoundSigmoid's too) relaxes from tables with 0.01
+    steps and clamps the pre-activation bounds to +-500 first: beyond that its lines are
+    unsound (on [-600, 600] sigmoid's lower line exceeds 1 at 600 by 0.2). On intervals
+    that contain 0 it always takes the tangent through the far end, even when the
+    midpoint's tangent is valid and lies higher (on [-10, 1]: -1.25 against -0.05 at
+    -10), a loss that compounds over a deep network's layers. Relax with
+    :func:`s_shaped_relaxation` instead (CROWN, and alpha-CROWN's starting point), and
+    keep alpha-CROWN's optimized tangent points within its valid limits. Other S-shaped
+    operators (arctan, tan) keep 0.3's relaxation."""
+    import torch
+
+    ops = _ops()
+    original = ops.BoundTanh.bound_relax_impl
+    names = {torch.sigmoid: "sigmoid", torch.tanh: "tanh"}
+
+    def bound_relax_impl(self: Any, x: Any, func: Any, dfunc: Any) -> None:
+        name = names.get(func)
+        if name is None:
+            return original(self, x, func, dfunc)
+        relaxation = _relaxation_of(self, x, name)
+        if self.opt_stage in ("opt", "reuse"):
+            if not hasattr(self, "alpha"):
+                self._no_bound_parameters()
+            _optimized_s_shaped_lines(self, x, relaxation, name)
+            return None
+        if self.opt_stage == "init":
+            self.tp_both_lower_init[self._start] = relaxation.lower_point.detach()
+            self.tp_both_upper_init[self._start] = relaxation.upper_point.detach()
+        self.lw, self.lb = relaxation.lower_k, relaxation.lower_b
+        self.uw, self.ub = relaxation.upper_k, relaxation.upper_b
+        return None
+
+    ops.BoundTanh.bound_relax_impl = bound_relax_impl
+
+
+def _optimized_s_shaped_lines(node: Any, x: Any, relaxation: SShapedRelaxation, name: str) -> None:
+    """alpha-CROWN's lines: tangents at the optimized points alpha (shape (4, 2, spec,
+    *bounds)) where a tangent is the relaxation's choice, the fixed lines elsewhere.
+    Tangent points are kept where their tangents are valid: within the interval for
+    intervals on one side of 0, below lower_limit (above upper_limit) for the lower
+    (upper) line of an interval that contains 0."""
+    import torch
+
+    f, df = _s_shaped_function(name)
+    alpha = node.alpha[node._start]
+    lower, upper = x.lower.detach(), x.upper.detach()
+    alpha.data[0] = torch.max(torch.min(alpha.data[0], upper), lower)  # upper, l >= 0
+    alpha.data[1] = torch.max(torch.min(alpha.data[1], upper), lower)  # lower, u <= 0
+    alpha.data[2] = torch.min(alpha.data[2], relaxation.lower_limit)  # lower, l < 0 < u
+    alpha.data[3] = torch.max(alpha.data[3], relaxation.upper_limit)  # upper, l < 0 < u
+    reach = torch.maximum(lower.abs(), upper.abs()).double()
+
+    def tangent(point: Any, side: float) -> tuple[Any, Any]:
+        p = point.double()
+        k = df(p)
+        return _round_line(k, f(p) - k * p, reach, side, lower.dtype)
+
+    finite, crossing = relaxation.finite, (lower < 0) & (upper > 0)
+    lower_tangent = finite & ((upper <= 0) | (crossing & ~relaxation.direct_lower))
+    upper_tangent = finite & ((lower >= 0) | (crossing & ~relaxation.direct_upper))
+    points_l = torch.where(upper <= 0, alpha[1], alpha[2])
+    points_u = torch.where(lower >= 0, alpha[0], alpha[3])
+    (lk, lb), (uk, ub) = tangent(points_l, -1.0), tangent(points_u, 1.0)
+    node.lw = torch.where(lower_tangent, lk, relaxation.lower_k)
+    node.lb = torch.where(lower_tangent, lb, relaxation.lower_b)
+    node.uw = torch.where(upper_tangent, uk, relaxation.upper_k)
+    node.ub = torch.where(upper_tangent, ub, relaxation.upper_b)
+
+
 PATCHES: list[Patch] = [
     Patch("numpy_arraysetops", _numpy_arraysetops_needed, _numpy_arraysetops_apply, True),
     Patch("tqdm_missing", _tqdm_needed, _tqdm_apply, True),
@@ -827,4 +1100,5 @@ PATCHES: list[Patch] = [
         "alpha_clamp_gradient", lambda: _probe_fails(_clamp_gradient_probe), _clamp_gradient_apply
     ),
     Patch("pad_attributes", lambda: _probe_fails(_pad_attribute_probe), _pad_attribute_apply),
+    Patch("s_shaped_relaxation", lambda: _probe_fails(_s_shaped_probe), _s_shaped_apply),
 ]
