@@ -13,11 +13,12 @@ import sys
 
 import click
 
+from certify.commands.base import CertifyGroup
 from certify.core.allocator import keep_freed_memory
 from certify.core.errors import CertifyError
 
 
-class _Group(click.Group):
+class _Group(CertifyGroup):
     """Turns library errors that escape a command (raised while its options are parsed)
     into one-line messages with exit code 1."""
 

@@ -17,12 +17,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
 import torch
 
 from certify.core.atomic_files import atomic_path
 from certify.core.errors import ModelError, UsageError, first_line
 from model_zoo.checkpoint import load_checkpoint
 from model_zoo.normalization import NormalizedModel
+
+# The oldest opset the exporter converts to; a model it cannot convert is refused after
+# the export (see _export).
+MIN_OPSET = 7
 
 
 @dataclass(frozen=True)
@@ -40,9 +45,17 @@ def export_onnx(
     """Write ``checkpoint`` as an ONNX file at ``out_path`` and verify it."""
     out_path = Path(out_path)
     if out_path.suffix.lower() != ".onnx":
-        raise UsageError(f"{out_path}: the exported file needs the .onnx suffix")
+        raise UsageError(f"{out_path}: the exported file needs the .onnx suffix", param="out")
     if not out_path.parent.is_dir():
-        raise UsageError(f"cannot write {out_path}: folder {out_path.parent} does not exist")
+        raise UsageError(
+            f"cannot write {out_path}: folder {out_path.parent} does not exist", param="out"
+        )
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise UsageError(
+            f"{opset}: give an opset from {MIN_OPSET} (the exporter's oldest) to {newest}",
+            param="opset",
+        )
     loaded = load_checkpoint(checkpoint)
     model = loaded.model
     if not isinstance(model, NormalizedModel):
@@ -63,15 +76,17 @@ def export_onnx(
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """The exporter prints progress, warns and logs about its own internals."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _export(model: torch.nn.Module, shape: tuple[int, int, int], path: Path, opset: int) -> None:
@@ -92,6 +107,17 @@ def _export(model: torch.nn.Module, shape: tuple[int, int, int], path: Path, ops
             )
         except Exception as exc:  # the exporter raises many types
             raise ModelError(f"ONNX export failed: {first_line(exc)}") from exc
+    # The exporter writes opset 18 and converts down; where it cannot, it says so in a log
+    # and keeps 18.
+    written = next(
+        (o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx")),
+        None,
+    )
+    if written != opset:
+        raise ModelError(
+            f"this model cannot be exported at opset {opset} (the exporter kept opset "
+            f"{written}); give a newer one, e.g. `opset` {written}"
+        )
 
 
 def _check(model: torch.nn.Module, path: Path, shape: tuple[int, int, int]) -> float:

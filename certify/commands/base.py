@@ -23,7 +23,15 @@ _NAMED = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
 
 
 class CertifyCommand(click.Command):
-    """A command whose library errors name its flags."""
+    """A command whose library errors name its flags, and whose bad arguments are told in
+    one line (click's usage block left out; ``--help`` has it)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            exc.ctx = None  # click prints the usage block only for an error with a context
+            raise
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -46,6 +54,24 @@ class CertifyCommand(click.Command):
                     return dashed if dashed in param.opts else param.opts[0]
                 return param.human_readable_name
         return dashed
+
+
+class CertifyGroup(click.Group):
+    """A group of commands whose bad arguments (an unknown command) are told in one line."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            exc.ctx = None
+            raise
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):  # type: ignore[override]
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            exc.ctx = None
+            raise
 
 
 class SoundnessFailure(click.ClickException):

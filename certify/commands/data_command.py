@@ -21,14 +21,14 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from certify.commands.base import CertifyCommand
+from certify.commands.base import CertifyCommand, CertifyGroup
 from certify.core.datasets import Dataset
 from certify.data.fetch import ProgressFn
 
 _DATASETS = ", ".join(d.value for d in Dataset)
 
 
-@click.group("data")
+@click.group("data", cls=CertifyGroup)
 def data_group() -> None:
     """Get the data sets that eval and train read."""
 

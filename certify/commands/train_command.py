@@ -84,17 +84,14 @@ def _scheduler_opts(ctx: click.Context, param: click.Parameter, value: str | Non
 
 
 class _TrainCommand(CertifyCommand):
-    """Keeps the raw arguments, for ``--nproc`` to start itself again under torchrun, and
-    reports a bad argument in one line, without click's usage lines."""
+    """Keeps the raw arguments, for ``--nproc`` to start itself again under torchrun."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta["certify.train.args"] = list(args)
         try:
             return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            exc.ctx = None  # click prints the usage block only for an error with a context
-            if isinstance(exc, click.NoSuchOption):  # suggest no refused seed flag
-                exc.possibilities = [p for p in exc.possibilities or () if p not in hidden_names()]
+        except click.NoSuchOption as exc:  # suggest no refused seed flag
+            exc.possibilities = [p for p in exc.possibilities or () if p not in hidden_names()]
             raise
 
 
@@ -302,7 +299,7 @@ def _without_nproc(args: list[str]) -> list[str]:
 
 
 @click.command("export", cls=CertifyCommand)
-@click.argument("checkpoint", type=click.Path(dir_okay=False, exists=True))
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--opset", default=18, show_default=True, type=int, help="ONNX opset version.")
 def export_command(checkpoint: str, out: str, opset: int) -> None:
