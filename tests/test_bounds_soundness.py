@@ -179,15 +179,6 @@ def _s_shaped_params() -> list:
         for kind in ("mlp", "cnn"):
             for method in BoundMethod:
                 marks = [pytest.mark.slow] if method is BoundMethod.ALPHA_CROWN else []
-                if kind == "cnn" and method is BoundMethod.ALPHA_CROWN:
-                    marks.append(
-                        pytest.mark.xfail(
-                            raises=ModelError,
-                            strict=True,
-                            reason="auto-LiRPA 0.3 sizes the sigmoid and tanh slopes of "
-                            "alpha-CROWN for dense layers only",
-                        )
-                    )
                 name = f"{activation.__name__.lower()}-{kind}-{method.value}"
                 params.append(pytest.param(activation, kind, method, marks=marks, id=name))
     return params

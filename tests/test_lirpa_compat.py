@@ -2,10 +2,12 @@
 
 Each patch is proven by a real bound computation that crashed or went wrong without it,
 checked against an independent reference: sampled outputs of the plain model (soundness),
-interval arithmetic written here (IBP), CROWN in conv_mode "matrix" (for patches-mode
-bugs), or the same network written without the problematic layer. To see a test fail
-without its patch, run it with ``CERTIFY_LIRPA_SKIP=<patch name>``. The sigmoid and tanh
-relaxation (``s_shaped_relaxation``) is tested in tests/test_sigmoid_relaxation.py.
+interval arithmetic written here (IBP), CROWN (or alpha-CROWN) in conv_mode "matrix" (for
+patches-mode bugs), or the same network written without the problematic layer (or with
+parameters instead of buffers). To see a test fail without its patch, run it with
+``CERTIFY_LIRPA_SKIP=<patch name>``. The sigmoid and tanh relaxation
+(``s_shaped_relaxation``) is tested in tests/test_sigmoid_relaxation.py, its alpha-CROWN
+before a convolution (``s_shaped_conv_alpha``) here.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import subprocess
 import sys
 import types
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -28,7 +31,7 @@ import torch
 from torch import nn
 
 from certify.bounds import lirpa_compat as lirpa
-from certify.bounds.margins import BoundMethod, MarginBounder, margin_matrix
+from certify.bounds.margins import AlphaCrownOptions, BoundMethod, MarginBounder, margin_matrix
 from certify.core.errors import CertifyError
 from model_zoo.normalization import NormalizedModel
 from model_zoo.onnx.loading import load_onnx
@@ -699,6 +702,13 @@ def test_verivital_avgpool_model(auto_lirpa: types.ModuleType, shared_models: Pa
         ("buffer_batch_dim", "test_dense_layers_as_matmul_and_add", "is invalid for input of size"),
         ("flat_add_matrix_mode", "test_dense_layers_as_matmul_and_add", "IndexError"),
         ("pad_attributes", "test_pad_before_average_pooling", "argument: 'pad'"),
+        ("parameterless_model", "test_models_without_parameters", "IndexError"),
+        ("parameterless_model", "test_evaluate_a_model_without_parameters", "IndexError"),
+        (
+            "s_shaped_conv_alpha",
+            "test_alpha_crown_on_s_shaped_activations_before_a_convolution",
+            "argument 'size'",
+        ),
     ],
 )  # fmt: skip
 def test_fails_without_its_patch(
@@ -724,3 +734,178 @@ def test_alpha_slopes_get_a_gradient_at_the_ends_of_their_range(auto_lirpa) -> N
     torch.clamp(probe, 0.0, 1.0).sum().backward()
     needed = bool((probe.grad == 0).any())
     assert ("alpha_clamp_gradient" in lirpa.applied_patches()) == needed
+
+
+# --- models without parameters -----------------------------------------------------------
+
+
+class _BuffersOnly(nn.Module):
+    """``net`` (a Sequential of Conv2d, Linear, ReLU and Flatten) with every weight a
+    buffer, as onnx2torch leaves those of MatMul and Add, and nothing a parameter:
+    convolutions by F.conv2d, each bias by its own Add, dense layers by MatMul + Add,
+    the last one by F.linear."""
+
+    def __init__(self, net: nn.Sequential) -> None:
+        super().__init__()
+        self.steps: list[tuple[str, int, dict[str, object]]] = []
+        last = max(i for i, layer in enumerate(net) if isinstance(layer, nn.Linear))
+        for i, layer in enumerate(net):
+            if isinstance(layer, nn.Conv2d):
+                self.register_buffer(f"w{i}", layer.weight.detach().clone())
+                self.register_buffer(f"b{i}", layer.bias.detach().view(1, -1, 1, 1).clone())
+                args = {"stride": layer.stride, "padding": layer.padding}
+                self.steps.append(("conv", i, args))
+            elif isinstance(layer, nn.Linear) and i != last:
+                self.register_buffer(f"w{i}", layer.weight.detach().t().contiguous())
+                self.register_buffer(f"b{i}", layer.bias.detach().clone())
+                self.steps.append(("matmul", i, {}))
+            elif isinstance(layer, nn.Linear):
+                self.register_buffer(f"w{i}", layer.weight.detach().clone())
+                self.register_buffer(f"b{i}", layer.bias.detach().clone())
+                self.steps.append(("linear", i, {}))
+            else:
+                self.steps.append((type(layer).__name__, i, {}))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for kind, i, args in self.steps:
+            w, b = getattr(self, f"w{i}", None), getattr(self, f"b{i}", None)
+            if kind == "conv":
+                x = nn.functional.conv2d(x, w, None, **args) + b
+            elif kind == "matmul":
+                x = x @ w + b
+            elif kind == "linear":
+                x = nn.functional.linear(x, w, b)
+            elif kind == "ReLU":
+                x = torch.relu(x)
+            else:
+                x = x.flatten(1)
+        return x
+
+
+def _buffer_only_pair(net: nn.Sequential) -> tuple[nn.Module, nn.Module]:
+    model = _BuffersOnly(net).eval()
+    assert not list(model.parameters()) and list(model.buffers())
+    return model, net.eval()
+
+
+def _parameterless_mlp() -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(8)
+    return _buffer_only_pair(
+        nn.Sequential(
+            nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+            nn.Linear(16, 3),
+        )
+    )  # fmt: skip
+
+
+def _parameterless_cnn(
+    channels: int = 2, size: int = 6, classes: int = 3
+) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(9)
+    side = (size + 1) // 2
+    return _buffer_only_pair(
+        nn.Sequential(
+            nn.Conv2d(channels, 4, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+            nn.Linear(4 * side * side, 8), nn.ReLU(), nn.Linear(8, classes),
+        )
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_models_without_parameters(auto_lirpa: types.ModuleType, kind: str) -> None:
+    """A model whose weights are all buffers (onnx2torch's MatMul + Add, F.conv2d with
+    buffers) has CROWN bounds (auto_LiRPA's options and certify's, alpha-CROWN too):
+    sound, and those of the same network with parameters."""
+    if kind == "mlp":
+        (model, reference), x = _parameterless_mlp(), torch.rand(3, 1, 3, 4)
+    else:
+        (model, reference), x = _parameterless_cnn(), torch.rand(3, 2, 6, 6)
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference(x), atol=1e-6)
+    eps = 0.1
+    for mode in ("patches", "matrix"):
+        got = _bounds(model, x, "CROWN", mode, eps=eps)
+        _assert_sound(model, x, *got, eps=eps)
+        _assert_close(got, _bounds(reference, x, "CROWN", mode, eps=eps))
+    labels = reference(x).argmax(1)
+    cpu, alpha = torch.device("cpu"), AlphaCrownOptions(iterations=5)
+    ours = MarginBounder(model, tuple(x.shape[1:]), cpu, alpha=alpha)
+    theirs = MarginBounder(reference, tuple(x.shape[1:]), cpu, alpha=alpha)
+    for method in (BoundMethod.CROWN, BoundMethod.ALPHA_CROWN):
+        lower = ours.lower_bounds(x, labels, eps, method)
+        _assert_margins_sound(model, x, labels, lower, eps)
+        _assert_close((lower,), (theirs.lower_bounds(x, labels, eps, method),))
+
+
+def test_evaluate_a_model_without_parameters(shared_data: Path) -> None:
+    """certify.evaluate bounds a buffer-only module by CROWN on every image, with the
+    margins of the same network with parameters."""
+    import certify
+
+    model, reference = _parameterless_cnn(channels=1, size=28, classes=10)
+    settings = {
+        "dataset": "mnist", "eps": 0.01, "data_dir": shared_data, "methods": "crown",
+        "num_samples": 8, "every_method": True, "pgd_steps": 2,
+    }  # fmt: skip
+    ours, theirs = certify.evaluate(model, **settings), certify.evaluate(reference, **settings)
+    lower = ours.outcomes.margin_lower[BoundMethod.CROWN]
+    assert lower.shape == (8,) and torch.isfinite(lower).all()
+    _assert_close((lower,), (theirs.outcomes.margin_lower[BoundMethod.CROWN],))
+
+
+# --- alpha-CROWN on sigmoid and tanh before a convolution --------------------------------
+
+
+def _s_shaped_cnn(activation: type[nn.Module]) -> nn.Sequential:
+    torch.manual_seed(10)
+    net = nn.Sequential(
+        nn.Conv2d(2, 4, 3, stride=2, padding=1), activation(),
+        nn.Conv2d(4, 4, 3, padding=1), activation(), nn.Flatten(), nn.Linear(4 * 3 * 3, 3),
+    )  # fmt: skip
+    with torch.no_grad():  # wide pre-activation intervals, on both sides of 0
+        for parameter in net.parameters():
+            parameter.mul_(3.0)
+    return net.eval()
+
+
+def _raw_alpha_crown(model: nn.Module, x: torch.Tensor, mode: str, C: torch.Tensor, eps: float):
+    """alpha-CROWN's own lower bound (certify takes the larger of it and CROWN's), with
+    certify's evaluation options in conv_mode ``mode``."""
+    from certify.bounds.lirpa import EVALUATION_OPTIONS
+
+    options = {
+        **EVALUATION_OPTIONS, "conv_mode": mode,
+        "optimize_bound_args": {"iteration": 10, "early_stop_patience": 11, "keep_best": True},
+    }  # fmt: skip
+    al = lirpa.load_auto_lirpa()
+    dummy = torch.zeros(1, *x.shape[1:])
+    bounded = al.BoundedModule(model, dummy, bound_opts=options, device="cpu")
+    x_l, x_u = _box(x, eps)
+    ptb = al.PerturbationLpNorm(norm=float("inf"), eps=eps, x_L=x_l, x_U=x_u)
+    tensor = al.BoundedTensor(x, ptb)
+    with torch.enable_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # 0.3 steps its scheduler first
+        lower, _ = bounded.compute_bounds(
+            x=(tensor,), C=C, method="CROWN-Optimized", bound_upper=False
+        )
+    return lower.detach()
+
+
+@pytest.mark.parametrize("activation", [nn.Sigmoid, nn.Tanh])
+def test_alpha_crown_on_s_shaped_activations_before_a_convolution(
+    auto_lirpa: types.ModuleType, activation: type[nn.Module]
+) -> None:
+    """In patches mode each neuron of a convolution keeps its own tangent points in a
+    sigmoid or tanh before it: the bound is that of matrix mode (where 0.3 sizes them
+    itself), no looser than CROWN on any margin, tighter on some, and sound."""
+    model = _s_shaped_cnn(activation)
+    x, eps = torch.rand(2, 2, 6, 6), 0.05
+    labels = model(x).argmax(1)
+    C = margin_matrix(labels, 3)
+    crown = _bounds(model, x, "CROWN", eps=eps, C=C)[0]
+    got = _raw_alpha_crown(model, x, "patches", C, eps)
+    _assert_close((got,), (_raw_alpha_crown(model, x, "matrix", C, eps),))
+    assert (got >= crown - 1e-5).all()
+    assert (got > crown + 1e-4).any(), "the optimization moved no tangent point"
+    _assert_margins_sound(model, x, labels, got, eps)

@@ -1,10 +1,12 @@
 """Compatibility layer that makes auto-LiRPA 0.3 work on current torch and numpy.
 
-certify computes its bounds (IBP, CROWN-IBP, CROWN) with auto-LiRPA. The only release on
-the package index, 0.3 (2022), was written for torch 1.12 and numpy 1.x; on the torch and
-numpy that certify supports it fails to import, several of its operators crash or give
-wrong bounds in ``conv_mode="patches"`` (its default), and its sigmoid and tanh lines are
-unsound past +-500 and loose across 0 (:func:`s_shaped_relaxation` replaces them).
+certify computes its bounds (IBP, CROWN-IBP, CROWN, alpha-CROWN) with auto-LiRPA. The
+only release on the package index, 0.3 (2022), was written for torch 1.12 and numpy 1.x;
+on the torch and numpy that certify supports it fails to import, several of its operators
+crash or give wrong bounds in ``conv_mode="patches"`` (its default), CROWN crashes on a
+model without parameters (weights kept in buffers), alpha-CROWN on a sigmoid or tanh
+before a convolution, and its sigmoid and tanh lines are unsound past +-500 and loose
+across 0 (:func:`s_shaped_relaxation` replaces them).
 Every other module of certify gets auto_LiRPA from :func:`load_auto_lirpa`, never with a
 plain ``import auto_LiRPA``::
 
@@ -22,8 +24,9 @@ of :func:`load_auto_lirpa`; later calls return the same module. When a newer aut
 torch fixes a breakage, its ``needed()`` returns False and the patch is skipped.
 
 tests/test_lirpa_compat.py proves each patch with a bound computation compared against an
-independent reference, and fails naming the shim when a new torch moves one of the private
-symbols listed in :data:`TORCH_PRIVATE_SYMBOLS`.
+independent reference (the sigmoid and tanh lines: tests/test_sigmoid_relaxation.py), and
+fails naming the shim when a new torch moves one of the private symbols listed in
+:data:`TORCH_PRIVATE_SYMBOLS`.
 """
 
 from __future__ import annotations
@@ -716,6 +719,76 @@ def _flat_add_apply() -> None:
         cls.mode = property(get_mode, set_mode)
 
 
+def _parameterless_probe() -> bool:
+    import torch
+
+    bounded = importlib.import_module("auto_LiRPA.bound_general").BoundedModule
+    inputs = [types.SimpleNamespace(perturbed=True), types.SimpleNamespace(perturbed=False)]
+    add = _ops().BoundAdd({}, inputs, 0, {"conv_mode": "matrix"})
+    add.output_shape = torch.Size([1, 3])
+    buffers = [torch.zeros(1, dtype=torch.long), torch.zeros(3, dtype=torch.float64)]
+    module = types.SimpleNamespace(
+        bound_opts={}, batch_size=1, device="cpu",
+        check_optimized_variable_sparsity=lambda node: None,
+        parameters=lambda: iter([]), buffers=lambda: iter(buffers),
+    )  # fmt: skip
+    new_c, *_ = bounded.get_sparse_C(module, add, sparse_intermediate_bounds=False)
+    # The identity specification, in the dtype of the weights it will be multiplied with.
+    return new_c.dtype == torch.float64 and torch.equal(new_c, torch.eye(3).view(1, 3, 3).double())
+
+
+class _WithValueDtype:
+    """A BoundedModule seen through get_sparse_C: the same in every attribute, except
+    that its ``parameters()`` yield one empty tensor of the dtype its values have."""
+
+    def __init__(self, module: Any, marker: Any) -> None:
+        self._module, self._marker = module, marker
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+    def parameters(self) -> Iterator[Any]:
+        return iter([self._marker])
+
+
+def _value_dtype(module: Any) -> Any:
+    """The dtype a parameterless model computes in: that of its first floating-point
+    buffer (its weights, when a converter made them buffers), else of its inputs."""
+    import torch
+
+    for buffer in module.buffers():
+        if buffer.is_floating_point():
+            return buffer.dtype
+    for name in getattr(module, "input_name", ()):
+        value = getattr(module[name], "value", None)
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return value.dtype
+    return torch.get_default_dtype()
+
+
+def _parameterless_apply() -> None:
+    """get_sparse_C builds the identity specifications of CROWN's intermediate bounds
+    (for an Add, a Sub or a convolution in matrix mode) in the dtype of
+    ``list(self.parameters())[0]``: a model without parameters fails with IndexError
+    (CROWN, alpha-CROWN). Such models are common: onnx2torch makes the weights of MatMul
+    and Add layers buffers, and a torch module may keep its weights in buffers and call
+    F.linear or F.conv2d. The dtype only has to match the weights the specification is
+    multiplied with: for a model without parameters, take that of its first
+    floating-point buffer (else of its inputs). Models with parameters are untouched."""
+    import torch
+
+    bounded = importlib.import_module("auto_LiRPA.bound_general").BoundedModule
+    original = bounded.get_sparse_C
+
+    def get_sparse_C(self: Any, node: Any, *args: Any, **kwargs: Any) -> Any:
+        if next(iter(self.parameters()), None) is not None:
+            return original(self, node, *args, **kwargs)
+        marker = torch.empty(0, dtype=_value_dtype(self), device=self.device)
+        return original(_WithValueDtype(self, marker), node, *args, **kwargs)
+
+    bounded.get_sparse_C = get_sparse_C
+
+
 def _pad_attribute_probe() -> bool:
     import torch
 
@@ -1059,10 +1132,53 @@ def _optimized_s_shaped_lines(node: Any, x: Any, relaxation: SShapedRelaxation, 
     points_l = torch.where(upper <= 0, alpha[1], alpha[2])
     points_u = torch.where(lower >= 0, alpha[0], alpha[3])
     (lk, lb), (uk, ub) = tangent(points_l, -1.0), tangent(points_u, 1.0)
-    node.lw = torch.where(lower_tangent, lk, relaxation.lower_k)
-    node.lb = torch.where(lower_tangent, lb, relaxation.lower_b)
-    node.uw = torch.where(upper_tangent, uk, relaxation.upper_k)
-    node.ub = torch.where(upper_tangent, ub, relaxation.upper_b)
+    # contiguous(): in patches mode the lines are unfolded with .view, and torch.where
+    # takes the layout of the bounds, which are often a transposed view.
+    node.lw = torch.where(lower_tangent, lk, relaxation.lower_k).contiguous()
+    node.lb = torch.where(lower_tangent, lb, relaxation.lower_b).contiguous()
+    node.uw = torch.where(upper_tangent, uk, relaxation.upper_k).contiguous()
+    node.ub = torch.where(upper_tangent, ub, relaxation.upper_b).contiguous()
+
+
+def _s_shaped_conv_alpha_probe() -> bool:
+    """The tangent points of a sigmoid whose bounds a convolution's neurons are computed
+    from, in patches mode: one per neuron (out_c, out_h, out_w) of that convolution."""
+    import torch
+
+    lower, upper = torch.full((1, 2, 1, 1), -1.0), torch.full((1, 2, 1, 1), 3.0)
+    node = _ops().BoundSigmoid({}, [types.SimpleNamespace(lower=lower, upper=upper)], 0, {})
+    node.opt_init()
+    node.tp_both_lower_init["conv"] = torch.full((1, 2, 1, 1), -2.0)
+    node.tp_both_upper_init["conv"] = torch.full((1, 2, 1, 1), 0.5)
+    node.init_opt_parameters([("conv", (3, 2, 2), None)])
+    alpha = node.alpha["conv"]  # (4 kinds of point, lower/upper bound pass, spec, *bounds)
+    expected = torch.tensor([1.0, 1.0, -2.0, 0.5]).view(4, 1, 1, 1, 1, 1, 1)
+    return alpha.shape == (4, 2, 12, 1, 2, 1, 1) and torch.equal(alpha, expected.expand_as(alpha))
+
+
+def _s_shaped_conv_alpha_apply() -> None:
+    """alpha-CROWN keeps, for each neuron whose bounds pass back through a sigmoid or
+    tanh, that activation's own tangent points. When those neurons are a convolution's
+    in patches mode, 0.3 names their number as the (out_c, out_h, out_w) shape of the
+    convolution's output (as for ReLU), and BoundTanh.init_opt_parameters (BoundSigmoid's
+    too) multiplies out only a torch.Size, so it fails (``empty(): argument 'size'``).
+    Give it the product: one tangent point per neuron of the convolution, as ReLU keeps
+    one slope per neuron (maybe_unfold_patches then takes each neuron's own)."""
+    import math
+
+    import torch
+
+    ops = _ops()
+    original = ops.BoundTanh.init_opt_parameters
+
+    def init_opt_parameters(self: Any, start_nodes: Any) -> Any:
+        sized = [
+            (name, math.prod(size) if isinstance(size, tuple | list | torch.Size) else size, idx)
+            for name, size, idx in start_nodes
+        ]
+        return original(self, sized)
+
+    ops.BoundTanh.init_opt_parameters = init_opt_parameters
 
 
 PATCHES: list[Patch] = [
@@ -1100,5 +1216,11 @@ PATCHES: list[Patch] = [
         "alpha_clamp_gradient", lambda: _probe_fails(_clamp_gradient_probe), _clamp_gradient_apply
     ),
     Patch("pad_attributes", lambda: _probe_fails(_pad_attribute_probe), _pad_attribute_apply),
+    Patch("parameterless_model", lambda: _probe_fails(_parameterless_probe), _parameterless_apply),
     Patch("s_shaped_relaxation", lambda: _probe_fails(_s_shaped_probe), _s_shaped_apply),
+    Patch(
+        "s_shaped_conv_alpha",
+        lambda: _probe_fails(_s_shaped_conv_alpha_probe),
+        _s_shaped_conv_alpha_apply,
+    ),
 ]

@@ -12,6 +12,7 @@ caller's (the CLI's, or the training run's) business.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -272,7 +273,8 @@ def _check_input_shape(
     model: nn.Module, images: torch.Tensor, dataset: Dataset, source: str
 ) -> None:
     spec = get_spec(dataset)
-    weight = next(model.parameters(), None)
+    # A converted ONNX model may hold its weights as buffers only.
+    weight = next(itertools.chain(model.parameters(), model.buffers()), None)
     try:
         with torch.no_grad():
             out = model.eval()(images[:1].to(weight.device if weight is not None else "cpu"))
