@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from certify.core.datasets import Dataset, get_spec
+from certify.core.datasets import Dataset, get_spec, parse_dataset
 from certify.core.errors import CheckpointError, UsageError
 from model_zoo.checkpoint import load_checkpoint
 from model_zoo.loaded import LoadedModel
@@ -21,13 +21,14 @@ def load_model(
     path: str | Path,
     *,
     arch: str | None = None,
-    dataset: Dataset | None = None,
+    dataset: Dataset | str | None = None,
     num_classes: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> LoadedModel:
     """Load a checkpoint or ONNX file as a model over pixel images in [0, 1]."""
     path = Path(path)
+    dataset = parse_dataset(dataset) if dataset is not None else None
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
         raise CheckpointError(f"model file {path} {what}: give the path of a .pth or .onnx file")
