@@ -11,20 +11,40 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from certify.core.errors import UsageError
+
+
+def _channels(values: Sequence[float], name: str) -> torch.Tensor:
+    """``values`` as a 1 x C x 1 x 1 float32 tensor of finite numbers; :class:`UsageError`
+    otherwise (finite in float32, where a tiny std would become 0)."""
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise UsageError(f"give one number per channel, got {values!r:.60}", param=name) from None
+    tensor = torch.tensor(numbers, dtype=torch.float32)
+    if not numbers or not bool(torch.isfinite(tensor).all()):
+        raise UsageError(f"give finite numbers, one per channel, got {numbers!r:.60}", param=name)
+    return tensor.view(1, -1, 1, 1)
+
 
 class Normalize(nn.Module):
     """``(x - mean) / std`` per channel, with mean and std stored as buffers."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        if len(mean) != len(std):
-            raise ValueError("mean and std need the same number of channels")
-        if any(s <= 0 for s in std):
-            raise ValueError("every std must be positive")
-        self.register_buffer(
-            "mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
-        )
-        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+        means, stds = _channels(mean, "mean"), _channels(std, "std")
+        if means.numel() != stds.numel():
+            raise UsageError(
+                f"mean and std need the same number of channels, got {means.numel()} and "
+                f"{stds.numel()}",
+                param="std",
+            )
+        if not bool((stds > 0).all()):
+            raise UsageError(
+                f"every std must be positive, got {stds.flatten().tolist()}", param="std"
+            )
+        self.register_buffer("mean", means)
+        self.register_buffer("std", stds)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std

@@ -10,6 +10,7 @@ folder or mode, are read too. Bad input raises
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pandas as pd
 
 from certify.core.csv_files import read_csv_file
 from certify.core.eps import parse_eps
-from certify.core.errors import CertifyError, UsageError
+from certify.core.errors import CertifyError, UsageError, first_line
 
 # The columns a results file must have for us to build the table from it.
 REQUIRED_COLUMNS = (
@@ -88,7 +89,9 @@ def _with_counts(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
         given = text != ""
         values = pd.Series(0, index=frame.index, dtype="int64")
         if given.any():
-            values[given] = _numbers(text[given], count, path).astype("int64")
+            numbers = _numbers(text[given], count, path)
+            _check_counts(numbers, count, path)
+            values[given] = numbers.astype("int64")
         derived = (frame[error] * n).round()
         values[~given] = (n - derived if not wrong else derived)[~given].astype("int64")
         frame[count] = values
@@ -100,7 +103,12 @@ def _typed(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     frame = frame.copy()
     for column in ("clean_error", "pgd_error", "verified_error", "num_samples"):
         frame[column] = _numbers(frame[column], column, path)
-    dates = pd.to_datetime(frame["date"], errors="coerce", format="mixed")
+    _check_counts(frame["num_samples"], "num_samples", path, minimum=1)
+    try:
+        # certify writes UTC without an offset; utc=True also reads dates that have one.
+        dates = pd.to_datetime(frame["date"], errors="coerce", format="mixed", utc=True)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise UsageError(f"{path}: cannot read its dates ({first_line(exc)})") from None
     bad = dates.isna() & (frame["date"] != "")
     if bad.any():
         line = int(bad.to_numpy().nonzero()[0][0]) + 2  # + header, + 1-based lines
@@ -108,6 +116,18 @@ def _typed(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     frame["date"] = dates
     frame["eps_value"] = [_eps_value(text, path) for text in frame["eps"]]
     return frame
+
+
+def _check_counts(values: pd.Series, name: str, path: Path, minimum: int = 0) -> None:
+    """Counts are whole numbers of images: finite, integral, at least ``minimum``."""
+    finite = values.apply(math.isfinite)
+    bad = ~finite | (values < minimum)
+    bad[finite] |= values[finite] != values[finite].round()
+    if bad.any():
+        line = int(bad.to_numpy().nonzero()[0][0]) + 2
+        raise UsageError(
+            f"{path} line {line}: {name} {values[bad].iloc[0]!r} is not a count of images"
+        )
 
 
 def _numbers(column: pd.Series, name: str, path: Path) -> pd.Series:

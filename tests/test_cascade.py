@@ -42,6 +42,7 @@ def _assert_same_verdicts(cascade, every) -> None:
         assert diff.max() <= 1e-4 * (1 + e[f"margin_lower_{method}"].abs().max())
 
 
+@pytest.mark.slow
 def test_cascade_verifies_what_every_method_verifies_on_the_bundled_model() -> None:
     cascade, every = _both_modes(EMBEDDED_MODEL, num_samples=120, pgd_steps=20)
     _assert_same_verdicts(cascade, every)

@@ -1,5 +1,5 @@
-"""Bad input to `certify eval`: one line saying what to fix, non-zero exit, no traceback,
-and no output file left behind."""
+"""Bad input to `certify eval`: one line saying what to fix, exit code 2 for a flag's
+value and 1 for a file or the data, no traceback, and no output file left behind."""
 
 from __future__ import annotations
 
@@ -98,6 +98,21 @@ CASES = {
 }
 if not torch.cuda.is_available():
     CASES["cuda without GPU"] = (["{root}/good.pth", "--device", "cuda"], "no CUDA GPU")
+# Input errors (a file or the data at fault) exit 1; every other case is a usage error,
+# a flag's value at fault, which exits 2 and names the flag, as click's own do.
+INPUT_CASES = {
+    "missing file",
+    "empty file",
+    "truncated file",
+    "corrupt file",
+    "other architecture",
+    "other class count",
+    "missing data dir",
+    "empty data dir",
+    "truncated data file",
+    "onnx operator without bounds",
+    "onnx input shape of another data set",
+}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -110,12 +125,119 @@ def test_bad_input_gives_one_clean_line(case: str, files, shared_data) -> None:
         args += ["--num-samples", "4"]
     before = set(files.rglob("*"))
     result = CliRunner().invoke(cli, ["eval", *args, "--pgd-steps", "2"])
-    assert result.exit_code != 0
+    assert result.exit_code == (1 if case in INPUT_CASES else 2)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     message = result.output.strip()
     assert "Traceback" not in message
     assert len(message.splitlines()) == 1, message
     assert message.startswith("Error: ")
     assert fragment in message
+    if case not in INPUT_CASES:
+        assert "Invalid value for --" in message
     print(f"{case}: {message}")
     assert set(files.rglob("*")) == before  # nothing written, no temporary files
+
+
+# --------------------------------------------------------------------------------------
+# Hostile checkpoints (a pickle whose loading would run a command): exit 1, one line that
+# says so and names the function, and the command never runs.
+
+
+class _RunsCommand:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("container", ["zip", "pickle"])
+def test_hostile_checkpoint_exits_1_with_one_line(tmp_path, container: str) -> None:
+    import os
+    import pickle
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    payload = {"state_dict": {"0.weight": torch.zeros(2)}, "x": _RunsCommand(str(marker))}
+    if container == "zip":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=4))
+    result = CliRunner().invoke(cli, ["eval", str(path), "--arch", "cnn_4layer"])
+    assert result.exit_code == 1, result.output
+    message = result.output.strip()
+    assert len(message.splitlines()) == 1 and message.startswith("Error: "), message
+    assert "tries to run code" in message and "refused for safety" in message
+    assert f"{os.system.__module__}.system" in message
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------
+# `certify train`: bad input fails in one line before the run folder (r1/) is created.
+
+TRAIN_CASES = {
+    "unknown architecture": (
+        ["--arch", "no_such_model", "--out-dir", "r1"], 2, "unknown architecture"
+    ),
+    "unknown architecture, seed's flags": (
+        ["--model", "no_such_model", "--dir", "r1"], 2, "unknown architecture"
+    ),
+    "config with a bad key": (["--config", "bad_key.json", "--dir", "r1"], 2, "'optimizer'"),
+    "config not JSON": (["--config", "broken.json", "--dir", "r1"], 2, "not valid JSON"),
+    "config missing": (["--config", "nope.json", "--dir", "r1"], 2, "nope.json does not exist"),
+    "unknown data set": (["--dataset", "svhn", "--out-dir", "r1"], 2, "unknown data set"),
+    "no data in the folder": (
+        ["--data-dir", "empty_dir", "--out-dir", "r1"], 1, "not found"
+    ),
+    "eps abc": (["--eps", "abc", "--out-dir", "r1"], 2, "not a number"),
+    "eps 2": (["--eps", "2", "--out-dir", "r1"], 2, "outside [0, 1]"),
+    "unknown final-evaluation method": (
+        ["--eval-methods", "ibp,deepz", "--out-dir", "r1"], 2, "unknown bound method"
+    ),
+    "results in a missing folder": (
+        ["--results", "no/r.csv", "--out-dir", "r1"], 2, "does not exist"
+    ),
+    "seed flag certify lacks": (["--opt", "SGD", "--dir", "r1"], 2, "--opt (a flag of the seed"),
+    "scheduler_opts without length": (
+        ["--scheduler_opts", "start=2", "--dir", "r1"], 2, "lacks length"
+    ),
+    "batch of one image": (["--batch-size", "1", "--out-dir", "r1"], 2, "at least 2"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(TRAIN_CASES))
+def test_bad_train_input_leaves_nothing_behind(case: str, tmp_path, shared_data, monkeypatch):
+    args, code, fragment = TRAIN_CASES[case]
+    (tmp_path / "bad_key.json").write_text('{"data": "MNIST", "optimizer": "SGD"}')
+    (tmp_path / "broken.json").write_text('{"data": "MNIST",')
+    (tmp_path / "empty_dir").mkdir()
+    monkeypatch.chdir(tmp_path)
+    if "--dataset" not in args and "--config" not in args:
+        args = [*args, "--dataset", "mnist"]
+    if "--data-dir" not in args:
+        args = [*args, "--data-dir", str(shared_data)]
+    before = set(tmp_path.rglob("*"))
+    result = CliRunner().invoke(cli, ["train", *args, "--num-train", "64", "--val-size", "8"])
+    assert result.exit_code == code, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    message = result.output.strip()
+    assert "Traceback" not in message
+    assert len(message.splitlines()) == 1 and message.startswith("Error: "), message
+    assert fragment in message, message
+    assert set(tmp_path.rglob("*")) == before  # no r1/, no model/
+
+
+def test_architecture_options_that_do_not_build_leave_no_run_folder(tmp_path, shared_data):
+    from certify.core.errors import ModelError
+    from training.config import TrainConfig
+    from training.run import train
+
+    config = TrainConfig(
+        dataset="mnist", data_dir=shared_data, out_dir=tmp_path / "r1", num_train=64,
+        val_size=8, model_options={"depth": 3},
+    )  # fmt: skip
+    with pytest.raises(ModelError, match="has no option depth"):
+        train(config)
+    assert not (tmp_path / "r1").exists()

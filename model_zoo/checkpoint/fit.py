@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from certify.core.datasets import SPECS, Dataset, DatasetSpec, get_spec
-from certify.core.errors import CheckpointError, ModelError
-from model_zoo.checkpoint.formats import SHOWN_KEYS, StateDict
+from certify.core.errors import CheckpointError, ModelError, first_line
+from model_zoo.checkpoint.formats import SHOWN_KEYS, StateDict, one_line, shown
 from model_zoo.registry import create_model, list_models
 
 
@@ -61,16 +61,16 @@ class Mismatch:
         extra = len(self.shapes) - 1
         more = f" (and {extra} more mismatching tensor{'s' * (extra > 1)})" if extra else ""
         return (
-            f"{key!r} has shape {list(in_file)} in {subject} but {list(in_model)} in {arch!r} "
+            f"{shown(key)} has shape {list(in_file)} in {subject} but {list(in_model)} in {arch!r} "
             f"for {geometry.describe()}{more}: pass the `arch`, `dataset` and `num_classes` "
             "the model was trained with"
         )
 
 
 def _listing(keys: list[str]) -> str:
-    shown = ", ".join(keys[:SHOWN_KEYS])
+    names = ", ".join(one_line(k) for k in keys[:SHOWN_KEYS])
     etc = ", ..." if len(keys) > SHOWN_KEYS else ""
-    return f"{len(keys)} keys ({shown}{etc})" if keys else "0 keys"
+    return f"{len(keys)} keys ({names}{etc})" if keys else "0 keys"
 
 
 @dataclass(frozen=True)
@@ -92,11 +92,22 @@ def batchnorm_counters(model: nn.Module) -> frozenset[str]:
 
 
 def probe_arch(arch: str, geometry: Geometry, options: Mapping[str, Any] | None = None) -> Probe:
-    """Key names and shapes of ``arch`` for ``geometry``, without allocating weights."""
-    with torch.device("meta"):
-        model = create_model(
-            arch, geometry.in_ch, geometry.in_dim, geometry.num_classes, **(options or {})
-        )
+    """Key names and shapes of ``arch`` for ``geometry``, without allocating weights.
+
+    Raises :class:`ModelError` when the architecture cannot be built with these sizes
+    and options (which a damaged or foreign file can hold).
+    """
+    try:
+        with torch.device("meta"):
+            model = create_model(
+                arch, geometry.in_ch, geometry.in_dim, geometry.num_classes, **(options or {})
+            )
+    except (RuntimeError, ValueError, TypeError, OverflowError) as error:
+        # torch's layers reject sizes and option types with these; the message says which
+        raise ModelError(
+            f"architecture {arch!r} cannot be built for {geometry.describe()}"
+            f"{f' with options {dict(options)}' if options else ''}: {first_line(error, limit=120)}"
+        ) from None
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     counters = batchnorm_counters(model)
     matrices = [k for k, s in shapes.items() if k.endswith("weight") and len(s) == 2]

@@ -59,6 +59,23 @@ class Adapted:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+# --------------------------------------------------------------------------- messages
+
+
+def one_line(text: str, limit: int = 60) -> str:
+    """``text`` with control characters escaped and cut to ``limit``, for an error message
+    (keys and values come from the file, and a message must stay one line)."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown(value: Any) -> str:
+    """A value read from a file, for an error message: its repr on one line, cut short."""
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {list(value.shape)}"
+    return one_line(repr(value))
+
+
 # --------------------------------------------------------------------------- keys
 
 
@@ -70,9 +87,14 @@ def clean_state_dict(state_dict: Mapping[str, Any]) -> StateDict:
     cleaned: StateDict = {}
     origin: dict[str, str] = {}
     for key, value in state_dict.items():
+        if not isinstance(key, str):
+            raise CheckpointError(
+                f"a key of the state dict is a {type(key).__name__} ({shown(key)}), not a "
+                "name: the file is not a state dict"
+            )
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(
-                f"entry {key!r} holds a {type(value).__name__}, not a tensor: "
+                f"entry {shown(key)} holds a {type(value).__name__}, not a tensor: "
                 "the file is not a state dict"
             )
         new_key = key
@@ -82,7 +104,7 @@ def clean_state_dict(state_dict: Mapping[str, Any]) -> StateDict:
         new_key = new_key.replace("._orig_mod.", ".")
         if new_key in cleaned:
             raise CheckpointError(
-                f"keys {origin[new_key]!r} and {key!r} both name {new_key!r}: "
+                f"keys {shown(origin[new_key])} and {shown(key)} both name {shown(new_key)}: "
                 "the file mixes wrapped and unwrapped state dicts"
             )
         cleaned[new_key], origin[new_key] = value, key
@@ -114,13 +136,14 @@ def as_floats(value: Any, what: str) -> tuple[float, ...]:
 
 
 def _adapt_certify(raw: Mapping[str, Any]) -> Adapted:
-    if raw.get("format") != FORMAT_NAME:
+    # Compared only as plain values: a damaged file can hold a tensor there, whose == is
+    # elementwise and has no truth value.
+    fmt, version = raw.get("format"), raw.get("version")
+    if not isinstance(fmt, str) or fmt != FORMAT_NAME:
+        raise CheckpointError(f"unknown checkpoint format {shown(fmt)}: expected {FORMAT_NAME!r}")
+    if type(version) is not int or version != FORMAT_VERSION:
         raise CheckpointError(
-            f"unknown checkpoint format {raw.get('format')!r}: expected {FORMAT_NAME!r}"
-        )
-    if raw.get("version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"certify checkpoint version {raw.get('version')!r} is not readable by this "
+            f"certify checkpoint version {shown(version)} is not readable by this "
             f"version of certify (reads version {FORMAT_VERSION}): upgrade certify"
         )
     required = ("arch", "in_ch", "in_dim", "num_classes", "mean", "std", "state_dict")
@@ -157,7 +180,15 @@ def _adapt_ctbench(raw: Mapping[str, Any]) -> Adapted:
     # its abstract-domain copy, stored under "layers."); every other index is one more
     # than in the bare architecture. Abstract ReLUs also store DeepZ slopes
     # ("deepz_lambda"), which are verifier state, not weights.
-    state_dict = _strip_prefix(clean_state_dict(raw), "layers.")
+    state_dict: StateDict = {}
+    for key, value in clean_state_dict(raw).items():
+        # detect_format looks for the normalization with or without "layers." per key
+        bare = key.removeprefix("layers.")
+        if bare in state_dict:
+            raise CheckpointError(
+                f"keys {shown(key)} and {shown(bare)} both name layer {shown(bare)}"
+            )
+        state_dict[bare] = value
     mean = state_dict.pop("0.mean")
     std = state_dict.pop("0.sigma") if "0.sigma" in state_dict else state_dict.pop("0.std")
     shifted: StateDict = {}
@@ -166,7 +197,7 @@ def _adapt_ctbench(raw: Mapping[str, Any]) -> Adapted:
         if rest.endswith("deepz_lambda"):
             continue
         if not index.isdigit() or int(index) == 0:
-            raise CheckpointError(f"key {key!r} does not fit a CTBench Sequential network")
+            raise CheckpointError(f"key {shown(key)} does not fit a CTBench Sequential network")
         shifted[f"{int(index) - 1}.{rest}"] = value
     norm = (as_floats(mean, "mean"), as_floats(std, "std"))
     return Adapted(shifted, normalization=norm)
@@ -216,7 +247,7 @@ def detect_format(raw: Any) -> str:
     if _is_tensor_map(raw.get("model_state_dict")):
         return "ctrain"
     if not _is_tensor_map(raw):
-        keys = ", ".join(repr(k) for k in list(raw)[:SHOWN_KEYS]) or "none"
+        keys = ", ".join(shown(k) for k in list(raw)[:SHOWN_KEYS]) or "none"
         raise CheckpointError(
             f"not a checkpoint: no 'state_dict' entry and not a state dict (top-level keys: "
             f"{keys}); save the model with torch.save(model.state_dict(), path)"

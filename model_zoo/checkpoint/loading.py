@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from certify.core.datasets import get_spec, parse_dataset
-from certify.core.errors import CertifyError, CheckpointError, first_line
+from certify.core.errors import CertifyError, CheckpointError, ModelError, first_line
 from model_zoo.checkpoint.fit import (
     Geometry,
     batchnorm_counters,
@@ -27,6 +27,7 @@ from model_zoo.checkpoint.formats import (
     Adapted,
     Normalization,
     detect_format,
+    shown,
 )
 from model_zoo.checkpoint.reading import read_checkpoint
 from model_zoo.loaded import LoadedModel
@@ -35,10 +36,13 @@ from model_zoo.registry import canonical_name, create_model, list_models
 
 
 def _stored_geometry(meta: Mapping[str, Any]) -> Geometry:
+    stored = meta.get("dataset")
+    if stored is not None and not isinstance(stored, str):
+        raise CheckpointError(f"the stored data set is a {type(stored).__name__}, not a name")
     try:
-        dataset = parse_dataset(meta["dataset"]) if meta.get("dataset") else None
+        dataset = parse_dataset(stored) if stored else None
     except CertifyError:
-        raise CheckpointError(f"the file names an unknown data set {meta['dataset']!r}") from None
+        raise CheckpointError(f"the file names an unknown data set {shown(stored)}") from None
     values = [meta["in_ch"], meta["in_dim"], meta["num_classes"]]
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
         raise CheckpointError("the stored input geometry is not positive integers: save it again")
@@ -56,7 +60,9 @@ def _check_agrees(name: str, stored: Any, given: Any) -> None:
 def _resolve_arch(adapted: Adapted, fmt: str, arch: str | None) -> str:
     stored = adapted.meta.get("arch")
     if stored is not None:
-        stored = canonical_name(str(stored))
+        if not isinstance(stored, str):
+            raise CheckpointError(f"the stored arch is a {type(stored).__name__}, not a name")
+        stored = canonical_name(stored)
         if arch is not None:
             _check_agrees("arch", stored, canonical_name(arch))
         return stored
@@ -77,7 +83,11 @@ def _resolve_geometry(
     geometry = _stored_geometry(adapted.meta)
     _check_agrees("dataset", geometry.dataset, wanted)
     _check_agrees("num_classes", geometry.num_classes, num_classes)
-    mismatch = compare(probe_arch(arch, geometry, _arch_options(adapted)), adapted.state_dict)
+    try:
+        probe = probe_arch(arch, geometry, _arch_options(adapted))
+    except ModelError as error:
+        raise CheckpointError(f"the stored geometry does not fit: {error}") from None
+    mismatch = compare(probe, adapted.state_dict)
     if mismatch:
         raise CheckpointError(mismatch.describe(arch, geometry) + " (the file is inconsistent)")
     return geometry
@@ -104,7 +114,9 @@ def _resolve_normalization(adapted: Adapted, geometry: Geometry) -> Normalizatio
 
 
 def _arch_options(adapted: Adapted) -> dict[str, Any]:
-    options = adapted.meta.get("arch_options") or {}
+    options = adapted.meta.get("arch_options")
+    if options is None:
+        return {}
     if not isinstance(options, Mapping):
         raise CheckpointError("the stored arch_options is not a dict: save it again")
     return dict(options)
@@ -140,15 +152,24 @@ def load_checkpoint(
     :class:`~certify.core.errors.ModelError` for an unknown architecture name).
     """
     try:
-        raw = read_checkpoint(path)
-        fmt = detect_format(raw)
-        adapted = ADAPTERS[fmt](raw)
-        arch_name = _resolve_arch(adapted, fmt, arch)
-        geometry = _resolve_geometry(arch_name, adapted, dataset, num_classes)
-        mean, std = _resolve_normalization(adapted, geometry)
-        network = _build(arch_name, geometry, adapted)
+        return model_from_checkpoint(read_checkpoint(path), arch, dataset, num_classes)
     except CheckpointError as error:
         raise CheckpointError(f"{path}: {error}") from None
+
+
+def model_from_checkpoint(
+    raw: Any,
+    arch: str | None = None,
+    dataset: str | None = None,
+    num_classes: int | None = None,
+) -> LoadedModel:
+    """:func:`load_checkpoint` for what ``torch.load`` returned (errors carry no path)."""
+    fmt = detect_format(raw)
+    adapted = ADAPTERS[fmt](raw)
+    arch_name = _resolve_arch(adapted, fmt, arch)
+    geometry = _resolve_geometry(arch_name, adapted, dataset, num_classes)
+    mean, std = _resolve_normalization(adapted, geometry)
+    network = _build(arch_name, geometry, adapted)
     identity = all(m == 0 for m in mean) and all(s == 1 for s in std)
     model = network if identity else NormalizedModel(network, mean, std)
     model.eval()

@@ -213,7 +213,7 @@ def _run_torch(model: nn.Module, images: torch.Tensor) -> np.ndarray:
             for start in range(0, len(images), _TORCH_BATCH):
                 batch = images[start : start + _TORCH_BATCH].to(device)
                 outputs.append(model(batch).detach().to("cpu", torch.float32))
-    except RuntimeError as exc:
+    except Exception as exc:  # onnx2torch's modules also fail with IndexError, ValueError ...
         raise ModelError(
             f"the converted model fails on the probe images: {first_line(exc)}"
         ) from None

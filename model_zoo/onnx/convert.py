@@ -30,7 +30,7 @@ def _unsupported_ops(proto: onnx.ModelProto, onnx2torch: object, opset: int) -> 
             continue
         try:
             get_converter(operation_type=node.op_type, version=version, domain=domain)
-        except NotImplementedError:
+        except Exception:  # NotImplementedError, or onnx's schema lookup refusing the name
             missing.add(label)
     return sorted(missing)
 
@@ -57,7 +57,7 @@ def lower_opset(proto: onnx.ModelProto, onnx2torch: object, rewrites: list[str])
         # The version converter keeps attributes the lower opset lacks (AveragePool's
         # dilations); the checker refuses them instead of letting meaning change silently.
         onnx.checker.check_model(lowered)
-    except (onnx.checker.ValidationError, RuntimeError, ValueError) as exc:
+    except Exception as exc:  # the converter's and the checker's errors (InferenceError ...)
         raise ModelError(
             f"cannot lower the ONNX model from opset {current} to {target}, which onnx2torch "
             f"needs for {', '.join(needed)}: {first_line(exc)}"
@@ -87,7 +87,10 @@ def convert(proto: onnx.ModelProto, onnx2torch: object) -> nn.Module:
     """The torch module onnx2torch makes of ``proto``; its errors become :class:`ModelError`."""
     try:
         return onnx2torch.convert(proto)  # type: ignore[attr-defined]
-    except (NotImplementedError, KeyError, ValueError, RuntimeError, TypeError) as exc:
+    except Exception as exc:
+        # onnx2torch's converters assume well-formed operands and fail with whatever
+        # indexing a shape or dict raises (IndexError, AttributeError, ...); any of them
+        # means this graph does not convert.
         raise ModelError(
             f"onnx2torch cannot convert the ONNX model: {type(exc).__name__}: {first_line(exc)}"
         ) from None

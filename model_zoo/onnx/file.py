@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
 
 from certify.core.errors import CheckpointError, ModelError, first_line
 from model_zoo.onnx.proto import Shape, all_tensors, dims, graph_inputs
@@ -31,6 +32,8 @@ def read_model(path: Path) -> onnx.ModelProto:
         raise CheckpointError(f"{path} is not a readable ONNX model: {first_line(exc)}") from None
     if not proto.HasField("graph") or proto.ir_version <= 0:
         raise CheckpointError(f"{path} is not an ONNX model (no graph or IR version in it)")
+    _check_names(proto, path)
+    _check_data_types(proto, path)
     _load_external_data(proto, path)
     try:
         # The path form also works for models over protobuf's 2 GiB limit.
@@ -38,6 +41,41 @@ def read_model(path: Path) -> onnx.ModelProto:
     except (onnx.checker.ValidationError, RuntimeError, ValueError) as exc:
         raise ModelError(f"{path} fails the ONNX checker: {first_line(exc)}") from None
     return proto
+
+
+def _check_names(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse text fields (names, dimension names ...) that are not UTF-8: protobuf hands
+    them over as bytes, which the checker lets through and later steps trip over."""
+    if not _all_text(proto):
+        raise CheckpointError(
+            f"{path} is not a readable ONNX model: it has names that are not UTF-8 text"
+        )
+
+
+def _all_text(message: Message) -> bool:
+    for descriptor, value in message.ListFields():
+        # a repeated field is a container of them (protobuf 7 dropped `label`)
+        values = [value] if isinstance(value, str | bytes | Message) else value
+        if descriptor.type == FieldDescriptor.TYPE_STRING:
+            ok = all(isinstance(v, str) for v in values)
+        elif descriptor.type == FieldDescriptor.TYPE_MESSAGE:
+            ok = all(_all_text(v) for v in values)
+        else:
+            ok = True
+        if not ok:
+            return False
+    return True
+
+
+def _check_data_types(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse tensors of a data type this onnx does not know (the checker does not look)."""
+    known = set(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}
+    for tensor in all_tensors(proto):
+        if tensor.data_type not in known:
+            raise ModelError(
+                f"{path}: tensor {tensor.name!r:.60} has data type {tensor.data_type}, "
+                "which ONNX does not define; the file is damaged or from a newer ONNX"
+            )
 
 
 def _load_external_data(proto: onnx.ModelProto, path: Path) -> None:
@@ -71,6 +109,7 @@ def io_shapes(proto: onnx.ModelProto) -> tuple[Shape, Shape]:
         )
     elem_type = inputs[0].type.tensor_type.elem_type
     if elem_type != onnx.TensorProto.FLOAT:
-        name = onnx.TensorProto.DataType.Name(elem_type)
+        known = elem_type in onnx.TensorProto.DataType.values()
+        name = onnx.TensorProto.DataType.Name(elem_type) if known else f"type-{elem_type}"
         raise ModelError(f"the ONNX model takes {name} input; certify evaluates float32 models")
     return dims(inputs[0]), dims(outputs[0])

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+
+# onnx.inliner is a submodule that `import onnx` does not load
+from onnx import inliner, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from model_zoo.onnx.batch import free_batch_dimension
@@ -30,7 +32,7 @@ _NEVER_FOLD = {
 def normalize_graph(proto: onnx.ModelProto, rewrites: list[str]) -> onnx.ModelProto:
     """Rewrite exporter idioms that onnx2torch 1.5 rejects into equivalent graphs."""
     if proto.functions:
-        proto = onnx.inliner.inline_local_functions(proto)
+        proto = inliner.inline_local_functions(proto)
         rewrites.append("inlined the model's local functions")
     steps = (
         _constants_to_initializers,
@@ -153,8 +155,8 @@ def _fold_node(
     )
     if not foldable:
         return None
-    feeds = {name: numpy_helper.to_array(initializers[name]) for name in node.input}
     try:
+        feeds = {name: numpy_helper.to_array(initializers[name]) for name in node.input}
         return list(ReferenceEvaluator(node, opsets={"": opsets.get("", 0)}).run(None, feeds))
     except Exception:
         # Folding is an optimization: on any failure the node stays in the graph, for

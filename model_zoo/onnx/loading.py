@@ -129,12 +129,14 @@ def load_onnx(
     rewrites: list[str] = []
     proto = normalize_graph(proto, rewrites)
     onnx2torch = load_onnx2torch()
-    proto = lower_opset(proto, onnx2torch, rewrites)
-    raise_on_unsupported(proto, onnx2torch)
+    try:
+        proto = lower_opset(proto, onnx2torch, rewrites)
+        raise_on_unsupported(proto, onnx2torch)
+        network = convert(proto, onnx2torch)
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from None
     sample_shape = tuple(int(d) for d in declared_in[1:])
-    model: nn.Module = OnnxImageModel(
-        convert(proto, onnx2torch), shape, sample_shape, channels_last
-    )
+    model: nn.Module = OnnxImageModel(network, shape, sample_shape, channels_last)
     if mean is not None and std is not None:
         model = NormalizedModel(model, mean, std)
     model.eval()
@@ -218,17 +220,28 @@ def _check_batching(model: nn.Module, shape: tuple[int, int, int], path: Path) -
     hint = "its graph seems to fix the batch size; export it with a dynamic batch dimension"
     try:
         with torch.no_grad():
-            both, first = model(images), model(images[:1])
-    except RuntimeError as exc:
+            first = model(images[:1])
+    except Exception as exc:  # onnx2torch's modules also fail with IndexError, ValueError ...
         raise ModelError(
-            f"{path}: the converted model fails on a batch of 2 images ({first_line(exc)}): " + hint
+            f"{path}: the converted model fails on an image of the input shape it declares "
+            f"({first_line(exc, limit=160)}): the graph is inconsistent; re-export the model"
+        ) from None
+    try:
+        with torch.no_grad():
+            both = model(images)
+    except Exception as exc:
+        raise ModelError(
+            f"{path}: the converted model fails on a batch of 2 images "
+            f"({first_line(exc, limit=160)}): " + hint
         ) from None
     agree = (
         isinstance(both, torch.Tensor)
+        and isinstance(first, torch.Tensor)
         and both.ndim >= 1
         and both.shape[0] == 2
         and both.shape[1:] == first.shape[1:]
-        and torch.allclose(both[:1], first, rtol=1e-4, atol=1e-5)
+        # as floats: a graph can end in a comparison, and allclose takes no booleans
+        and torch.allclose(both[:1].double(), first.double(), rtol=1e-4, atol=1e-5)
     )
     if not agree:
         raise ModelError(f"{path}: the converted model mixes up the images of a batch: " + hint)
