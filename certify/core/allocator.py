@@ -52,3 +52,19 @@ def keep_freed_memory() -> bool:
         return False
     _applied = bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     return _applied
+
+
+def release_freed_memory() -> bool:
+    """Hand the memory freed so far back to the system (glibc's ``malloc_trim``), so that
+    the resident size counts live memory only, as a measurement of what a computation
+    needs requires. Returns whether it could (False off glibc)."""
+    if platform.system() != "Linux":
+        return False
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    trim(0)
+    return True

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from certify.core.allocator import release_freed_memory
+
 log = logging.getLogger(__name__)
 
 # Only this share of the available memory is planned for: the estimate from two small
@@ -73,6 +75,9 @@ def _peak_of(run: Callable[[], object], device: torch.device) -> float:
         run()
         torch.cuda.synchronize(device)
         return float(torch.cuda.max_memory_allocated(device) - before)
+    # Freed memory still resident would serve the run without raising the peak, and the
+    # probe would miss what the run needs.
+    release_freed_memory()
     _reset_peak_rss()
     before = _status("VmHWM")
     run()
