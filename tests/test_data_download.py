@@ -40,6 +40,7 @@ from certify.core.datasets import Dataset
 from certify.core.errors import DataError, UsageError
 from certify.data import default_data_dir, download, load_split
 from certify.data.download import WORK_DIR, Source, download_dataset
+from certify.data.fetch import fetch
 from tests.conftest import REPO_ROOT
 
 # ----------------------------------------------------------------- the test server
@@ -52,6 +53,7 @@ class ServerState:
     ignore_range: bool = False
     drop_after: int | None = None  # cut the next body after this many bytes
     delay: float = 0.0  # seconds per KiB sent
+    always_partial: bool = False  # answer every request with bytes 1- of the file
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -67,7 +69,11 @@ class Handler(BaseHTTPRequestHandler):
             return
         start = 0
         match = re.fullmatch(r"bytes=(\d+)-", wanted or "")
-        if match and not state.ignore_range:
+        if state.always_partial:
+            start = 1
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes 1-{len(body) - 1}/{len(body)}")
+        elif match and not state.ignore_range:
             start = int(match.group(1))
             if start >= len(body):
                 self.send_response(416)
@@ -435,7 +441,7 @@ def test_a_checksum_mismatch_is_refused_and_nothing_is_left(
     message = str(caught.value)
     assert "\n" not in message
     assert f"has MD5 {hashlib.md5(body).hexdigest()}, not the published {'0' * 32}" in message
-    assert contents(tmp_path / "data") == []
+    assert not (tmp_path / "data").exists()  # the folder this call made went too
 
 
 def test_unreachable_hosts_and_http_errors(server, tmp_path: Path) -> None:
@@ -529,6 +535,8 @@ def test_bad_arguments(tmp_path: Path) -> None:
     assert caught.value.param == "mirror"
     with pytest.raises(DataError, match="unknown data set 'imagenet'"):
         download_dataset("imagenet", tmp_path)
+    with pytest.raises(UsageError):  # a folder still to be made is not made for nothing
+        download_dataset("mnist", tmp_path / "new" / "deep", mirror="ftp://example.org/data")
     assert contents(tmp_path) == ["file"]
 
 
@@ -606,3 +614,15 @@ def test_cli_errors(server, tmp_path: Path, official_cifar) -> None:
         and "Connection refused" in unreachable.output
     )
     assert contents(tmp_path) == []
+
+
+def test_a_server_that_sends_parts_never_asked_for_is_refused(server, tmp_path: Path) -> None:
+    """Bytes 1- for a request of the whole file (and for a resumed one): one line, no loop."""
+    body = b"0123456789" * 100
+    source = serve(server, "f.bin", body)
+    (tmp_path / WORK_DIR).mkdir()
+    (tmp_path / WORK_DIR / "f.bin.part").write_bytes(body[:10])
+    server.state.always_partial = True
+    with pytest.raises(DataError, match="sent part of the file where the whole was asked for"):
+        fetch(source.urls, tmp_path / WORK_DIR / "f.bin", source.md5)
+    assert [r for _, r in server.state.requests] == ["bytes=10-", None]

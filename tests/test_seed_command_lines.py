@@ -230,6 +230,8 @@ def test_training_params_and_bound_type_of_a_file_are_honoured(seed_dir: Path) -
         ("0.007843", float(Fraction(2, 255))),  # 0.0078431... to 6 decimals
         ("0.031370", 0.03137),  # 6 decimals, but 8/255 rounds to 0.031373
         ("0.0314", 0.0314),  # too few decimals to mean a fraction
+        # More decimals than Decimal's 28 digits: compared exactly all the same.
+        ("0.031372549019607843137254901960784", float(Fraction(8, 255))),
         ("0.125", 0.125),
         ("1", 1.0),
     ],

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -253,14 +253,14 @@ class _Reader:
 def _exact_eps(value: int | Decimal) -> float:
     """``value`` as a float, or k/255 exactly when ``value`` is k/255 correctly rounded to
     at least ``_FRACTION_DECIMALS`` decimals."""
-    if isinstance(value, Decimal):
+    if isinstance(value, Decimal) and value.is_finite():
         exponent = value.as_tuple().exponent
         if isinstance(exponent, int) and -exponent >= _FRACTION_DECIMALS:
-            k = round(value * 255)
-            rounded = (Decimal(k) / Decimal(255)).quantize(
-                Decimal(1).scaleb(exponent), rounding=ROUND_HALF_EVEN
-            )
-            if 1 <= k <= 255 and rounded == value:
+            # Exact arithmetic: Decimal's 28 digits would not hold every file's value.
+            exact = Fraction(value)
+            k = round(exact * 255)
+            # Correctly rounded: within half a unit of the last decimal written.
+            if 1 <= k <= 255 and abs(exact - Fraction(k, 255)) <= Fraction(1, 2 * 10**-exponent):
                 return float(Fraction(k, 255))
     return float(value)
 

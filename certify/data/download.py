@@ -115,9 +115,9 @@ def download_dataset(
     transfer, full disk) or :class:`UsageError` (bad ``data_dir`` or ``mirror``).
     """
     kind = parse_dataset(dataset)
-    root = _prepare_root(
-        Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-    )
+    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"{root} is a file, not a folder: pass a folder", param="data_dir")
     target = root / TARGETS[kind]
     if _holds_files(target) and not force:
         return DownloadResult(kind, target, downloaded=False)
@@ -125,6 +125,26 @@ def download_dataset(
     if mirror is not None:
         base = _check_mirror(mirror)
         files = tuple(Source(s.file, (f"{base}/{s.file}",), s.md5, s.sha256) for s in files)
+    # Folders made here go again if the download fails and leaves nothing in them.
+    created = [folder for folder in (root, *root.parents) if not folder.exists()]
+    _make_dir(root)
+    try:
+        return _download_into(kind, root, target, files, progress, timeout)
+    except BaseException:
+        for folder in created:  # innermost first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _download_into(
+    kind: Dataset,
+    root: Path,
+    target: Path,
+    files: tuple[Source, ...],
+    progress: ProgressFn | None,
+    timeout: float,
+) -> DownloadResult:
     work = root / WORK_DIR
     try:
         _make_dir(work)
@@ -152,13 +172,6 @@ def download_dataset(
         with contextlib.suppress(OSError):
             work.rmdir()
     return DownloadResult(kind, target, downloaded=True)
-
-
-def _prepare_root(root: Path) -> Path:
-    if root.exists() and not root.is_dir():
-        raise UsageError(f"{root} is a file, not a folder: pass a folder", param="data_dir")
-    _make_dir(root)
-    return root
 
 
 def _make_dir(folder: Path) -> None:

@@ -121,9 +121,12 @@ def _download(
     with response:
         start, total = _range_of(response, have)
         if start is None:
+            response.close()
+            if not have:
+                message = f"{_host(url)} sent part of the file where the whole was asked for"
+                raise _Unavailable(message, unreachable=False)
             # The server answered a Range request with something other than the
             # bytes that follow the part: start the file again.
-            response.close()
             return _download(url, part, name, progress, timeout, resume=False)
         _receive(response, part, start, total, name, url, progress)
 
