@@ -114,6 +114,11 @@ def _load(tmp_path: Path, payload, **kwargs):
         ("in_dim", 10**10, "cannot be built"),  # was RuntimeError: storage size overflowed
         ("arch_options", torch.zeros(0), "arch_options is not a dict"),  # was RuntimeError
         ("arch", torch.zeros(2, 2), "arch is a Tensor"),  # several lines
+        # The file's own values at fault, not an argument: was a usage error naming --arch
+        # or --std (exit 2).
+        ("arch", "no_such_model", "stored arch is unknown"),
+        ("std", [1e-50], "not a positive float32 number"),  # 0 once in float32
+        ("std", [1e300], "not a positive float32 number"),  # infinite in float32
     ],
 )
 def test_certify_checkpoint_fields_that_crashed(

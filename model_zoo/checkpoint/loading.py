@@ -7,14 +7,22 @@ caller's arguments or from the tensor shapes.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from certify.core.datasets import get_spec, parse_dataset
-from certify.core.errors import CertifyError, CheckpointError, ModelError, first_line
+from certify.core.errors import (
+    CertifyError,
+    CheckpointError,
+    ModelError,
+    UsageError,
+    first_line,
+)
 from model_zoo.checkpoint.fit import (
     Geometry,
     batchnorm_counters,
@@ -62,7 +70,10 @@ def _resolve_arch(adapted: Adapted, fmt: str, arch: str | None) -> str:
     if stored is not None:
         if not isinstance(stored, str):
             raise CheckpointError(f"the stored arch is a {type(stored).__name__}, not a name")
-        stored = canonical_name(stored)
+        try:
+            stored = canonical_name(stored)
+        except ModelError as error:  # the file's fault, not an argument's
+            raise CheckpointError(f"the stored arch is unknown: {error.reason}") from None
         if arch is not None:
             _check_agrees("arch", stored, canonical_name(arch))
         return stored
@@ -108,8 +119,15 @@ def _resolve_normalization(adapted: Adapted, geometry: Geometry) -> Normalizatio
             f"the stored normalization has {len(mean)} means and {len(std)} stds for "
             f"{geometry.in_ch} input channels: save it again"
         )
-    if any(s <= 0 for s in std):
-        raise CheckpointError("the stored normalization has a std that is not positive")
+    # As the model computes them: a std that float32 rounds to 0 or infinity divides
+    # every pixel by 0 or by infinity.
+    if not all(math.isfinite(m) for m in torch.tensor(mean, dtype=torch.float32).tolist()):
+        raise CheckpointError("the stored normalization has a mean that is not finite")
+    std32 = torch.tensor(std, dtype=torch.float32).tolist()
+    if any(not math.isfinite(s) or s <= 0 for s in std32):
+        raise CheckpointError(
+            "the stored normalization has a std that is not a positive float32 number"
+        )
     return mean, std
 
 
@@ -171,7 +189,10 @@ def model_from_checkpoint(
     mean, std = _resolve_normalization(adapted, geometry)
     network = _build(arch_name, geometry, adapted)
     identity = all(m == 0 for m in mean) and all(s == 1 for s in std)
-    model = network if identity else NormalizedModel(network, mean, std)
+    try:
+        model = network if identity else NormalizedModel(network, mean, std)
+    except UsageError as error:  # the stored values' fault, not an argument's
+        raise CheckpointError(f"the stored normalization is unusable: {error.reason}") from None
     model.eval()
     eps = adapted.meta.get("eps")
     return LoadedModel(
