@@ -8,7 +8,6 @@ gradient descent on each margin.
 
 from __future__ import annotations
 
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -76,8 +75,7 @@ def _lowest_found(model, images, labels, eps, k, generator) -> torch.Tensor:
     return best
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@pytest.mark.slow
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     layers=st.lists(st.sampled_from(LAYERS), min_size=1, max_size=3),
     in_ch=st.sampled_from([1, 3]),
