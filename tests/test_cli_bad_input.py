@@ -94,6 +94,7 @@ CASES = {
         "1x28x28 image",
     ),
     "negative start": (["{root}/good.pth", "--start", "-3"], "--start"),
+    "seed past 64 bits": (["{root}/good.pth", "--seed", "99999999999999999"], "--seed"),
     "start past the end": (["{root}/good.pth", "--start", "20000"], "10,000"),
 }
 if not torch.cuda.is_available():
@@ -184,9 +185,13 @@ TRAIN_CASES = {
     "unknown architecture, seed's flags": (
         ["--model", "no_such_model", "--dir", "r1"], 2, "unknown architecture"
     ),
-    "config with a bad key": (["--config", "bad_key.json", "--dir", "r1"], 2, "'optimizer'"),
-    "config not JSON": (["--config", "broken.json", "--dir", "r1"], 2, "not valid JSON"),
-    "config missing": (["--config", "nope.json", "--dir", "r1"], 2, "nope.json does not exist"),
+    # A config file at fault is an input error, like a missing or corrupt model file.
+    "config with a bad key": (["--config", "bad_key.json", "--dir", "r1"], 1, "'optimizer'"),
+    "config not JSON": (["--config", "broken.json", "--dir", "r1"], 1, "not valid JSON"),
+    "config missing": (
+        ["--config", "nope.json", "--dir", "r1"], 1, "--config file nope.json does not exist"
+    ),
+    "seed past 64 bits": (["--seed", str(2**64), "--out-dir", "r1"], 2, "--seed"),
     "unknown data set": (["--dataset", "svhn", "--out-dir", "r1"], 2, "unknown data set"),
     "no data in the folder": (
         ["--data-dir", "empty_dir", "--out-dir", "r1"], 1, "not found"

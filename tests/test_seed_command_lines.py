@@ -286,15 +286,16 @@ def test_bad_config_file_gives_one_line_naming_the_key(case: str, tmp_path: Path
     with pytest.raises(UsageError) as info:
         read_seed_config(path)
     message = info.value.reason
-    assert info.value.param == "config" and len(message.splitlines()) == 1
-    assert message.startswith(str(path)) and fragment in message, message
+    # The file at fault: an input error (exit 1), the message names it and the flag.
+    assert info.value.param is None and len(message.splitlines()) == 1
+    assert message.startswith(f"`config` file {path}") and fragment in message, message
 
 
 def test_missing_or_folder_config(tmp_path: Path) -> None:
     for path, fragment in ((tmp_path / "nope.json", "does not exist"), (tmp_path, "is a folder")):
         with pytest.raises(UsageError) as info:
             read_seed_config(path)
-        assert fragment in info.value.reason and info.value.param == "config"
+        assert fragment in info.value.reason and info.value.param is None
 
 
 @pytest.mark.slow

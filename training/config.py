@@ -89,6 +89,7 @@ class TrainConfig:
              "give at least 1"),
             ("eps", 0 < self.eps <= 1, "must be in (0, 1], e.g. 0.1 or 8/255"),
             ("min_reg_eps", self.min_reg_eps > 0, "must be positive"),
+            ("seed", 0 <= self.seed < 2**63, "give a seed from 0 to 2**63 - 1"),
         ]  # fmt: skip
         for name, ok, reason in checks:
             if not ok:

@@ -7,7 +7,8 @@ schedule. :func:`read_seed_config` turns such a file into settings of
 brings the augmentation that the seed's data pipeline applies to it.
 
 A key certify does not implement, or a value it cannot honour, is refused by name with a
-one-line :class:`~certify.core.errors.UsageError` (``param="config"``), never ignored. A
+one-line :class:`~certify.core.errors.UsageError` naming the file (an input error: the
+file is at fault, not an argument), never ignored. A
 few keys are accepted because their value is what certify does anyway (``note``, the
 ``training_params.method`` "robust", ``bound_type`` "IBP", the ``bound_opts`` of the
 seed's files); docs/training.md lists them all.
@@ -65,7 +66,7 @@ def read_seed_config(config: str | Path, overridden: Collection[str] = ()) -> di
 
 def _load(path: Path) -> Any:
     def error(reason: str) -> UsageError:
-        return UsageError(f"{path} {reason}", param="config")
+        return UsageError(f"`config` file {path} {reason}")
 
     if not path.exists():
         raise error("does not exist")
@@ -114,7 +115,7 @@ class _Reader:
         self._batch_key: str | None = None
 
     def error(self, reason: str) -> UsageError:
-        return UsageError(f"{self.path}: {reason}", param="config")
+        return UsageError(f"`config` file {self.path}: {reason}")
 
     def read(self, raw: Any) -> None:
         if not isinstance(raw, dict):

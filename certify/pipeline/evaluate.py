@@ -104,6 +104,9 @@ def evaluate(
     images; rank 0 returns the merged result and the other processes return None.
     """
     mode = EvalMode.EVERY_METHOD if every_method else EvalMode.CASCADE
+    # PGD's random starts mix the seed with each image's index into torch's 64-bit seed.
+    if not 0 <= seed < 2**32:
+        raise UsageError(f"{seed}: give a seed from 0 to 2**32 - 1", param="seed")
     args = _checked_arguments(
         eps, methods, num_samples, start, batch_size, crown_batch_size, mean, std, device,
     )  # fmt: skip
