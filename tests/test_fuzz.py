@@ -86,7 +86,7 @@ def test_a_crash_is_reported_with_its_input() -> None:
     assert "test_fuzz.py" in crash.signature
 
 
-@pytest.mark.slow  # starts a process that imports torch: about 4 s
+@pytest.mark.slow  # starts a process that imports torch
 def test_driver_runs_a_target_and_prints_its_counts(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "benchmarks/fuzz.py", "eps", "--seconds", "1", "--engine", "random",

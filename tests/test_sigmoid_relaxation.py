@@ -275,7 +275,7 @@ def test_crown_equals_the_hand_written_crown(name: str) -> None:
 @pytest.mark.slow
 def test_0_3_is_looser_than_the_hand_written_crown(ops: types.ModuleType) -> None:
     """Without the patch, the comparison above fails: 0.3's CROWN bound is below the
-    reference (by up to 0.4 on these margins of -0.5 to 0.8)."""
+    reference."""
     if "s_shaped_relaxation" not in lirpa.applied_patches():
         pytest.skip("this auto_LiRPA does not need s_shaped_relaxation")
     test = f"{Path(__file__).resolve()}::test_crown_equals_the_hand_written_crown"

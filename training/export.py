@@ -114,9 +114,10 @@ def _export(model: torch.nn.Module, shape: tuple[int, int, int], path: Path, ops
         None,
     )
     if written != opset:
-        raise ModelError(
+        raise UsageError(
             f"this model cannot be exported at opset {opset} (the exporter kept opset "
-            f"{written}); give a newer one, e.g. `opset` {written}"
+            f"{written}): give another, e.g. {written}",
+            param="opset",
         )
 
 

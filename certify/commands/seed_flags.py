@@ -76,7 +76,8 @@ SEED_ONLY: tuple[SeedFlag, ...] = (
     _flag("--eval", reason=_USE_EVAL),
     _flag("--complete", reason=_USE_EVAL),
     SeedFlag(("--random-crop",), "use --crop-padding (the seed's data pipeline ignores it)"),
-    _flag("--no-data-aug", reason="use --crop-padding 0 and --no-flip"),
+    # The seed's CIFAR pipeline keeps its flips without augmentation; it drops the crops.
+    _flag("--no-data-aug", reason="use --crop-padding 0 (the seed keeps the flips)"),
     SeedFlag(("--min-eps",), "certify's eps follows the schedule from 0", accepted="0"),
     SeedFlag(("--init-eps",), "certify's eps schedules start at 0"),
     _flag("--fix-eps", reason="--scheduler_opts start=1,length=0 trains at full eps throughout"),

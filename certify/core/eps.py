@@ -30,7 +30,7 @@ def parse_eps(text: str | float) -> float:
     return value
 
 
-# Fraction("1e999999") builds 10**999999 exactly, which takes seconds to minutes; no eps
+# Fraction("1e999999") builds 10**999999 exactly, which is slow; no eps
 # needs an exponent beyond float's range, so larger ones are refused before that.
 _EXPONENT = re.compile(r"e([-+]?[0-9_]+)", re.IGNORECASE)
 _LARGEST_EXPONENT = 400
