@@ -90,7 +90,7 @@ def _with_counts(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
         values = pd.Series(0, index=frame.index, dtype="int64")
         if given.any():
             numbers = _numbers(text[given], count, path)
-            _check_counts(numbers, count, path)
+            _check_counts(numbers, count, path, maximum=n[given])
             values[given] = numbers.astype("int64")
         derived = (frame[error] * n).round()
         values[~given] = (n - derived if not wrong else derived)[~given].astype("int64")
@@ -103,6 +103,12 @@ def _typed(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     frame = frame.copy()
     for column in ("clean_error", "pgd_error", "verified_error", "num_samples"):
         frame[column] = _numbers(frame[column], column, path)
+    for column in ("clean_error", "pgd_error", "verified_error"):
+        outside = ~frame[column].between(0, 1)
+        if outside.any():
+            line = int(outside.to_numpy().nonzero()[0][0]) + 2
+            value = frame[column][outside].iloc[0]
+            raise UsageError(f"{path} line {line}: {column} {float(value):g} is not in [0, 1]")
     _check_counts(frame["num_samples"], "num_samples", path, minimum=1)
     try:
         # certify writes UTC without an offset; utc=True also reads dates that have one.
@@ -118,15 +124,20 @@ def _typed(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     return frame
 
 
-def _check_counts(values: pd.Series, name: str, path: Path, minimum: int = 0) -> None:
-    """Counts are whole numbers of images: finite, integral, at least ``minimum``."""
+def _check_counts(
+    values: pd.Series, name: str, path: Path, minimum: int = 0, maximum: pd.Series | None = None
+) -> None:
+    """Counts are whole numbers of images: finite, integral, at least ``minimum`` and at
+    most ``maximum`` (the row's number of images)."""
     finite = values.apply(math.isfinite)
     bad = ~finite | (values < minimum)
+    if maximum is not None:
+        bad |= values > maximum
     bad[finite] |= values[finite] != values[finite].round()
     if bad.any():
         line = int(bad.to_numpy().nonzero()[0][0]) + 2
         raise UsageError(
-            f"{path} line {line}: {name} {values[bad].iloc[0]!r} is not a count of images"
+            f"{path} line {line}: {name} {float(values[bad].iloc[0]):g} is not a count of images"
         )
 
 

@@ -4,6 +4,7 @@ of several files with the latest row winning, and bad input through the CLI."""
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import pytest
@@ -269,3 +270,18 @@ def test_report_shows_the_run_folder_and_the_mode_when_modes_differ(tmp_path):
     ]
     single = build_table(read_results([_write(tmp_path / "s.csv", rows[:1])]))
     assert "mode" not in single.columns
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"verified": 7}, "verified 7 is not a count of images"),  # more than the 6 images
+        ({"clean_wrong": -1}, "clean_wrong -1 is not a count"),
+        ({"pgd_attacked": 2.5}, "pgd_attacked 2.5 is not a count"),
+        ({"verified_error": 1.5}, "verified_error 1.5 is not in [0, 1]"),
+    ],
+)
+def test_counts_that_cannot_be_are_refused_naming_the_line(tmp_path, change, fragment):
+    row = _counted("m.pth", "ibp", 0, 6, 1, 2, 3, "2026-01-01") | change
+    with pytest.raises(UsageError, match=r"line 2: " + re.escape(fragment)):
+        read_results([_write(tmp_path / "r.csv", [row])])

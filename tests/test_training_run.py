@@ -255,10 +255,10 @@ def test_certify_train_end_to_end(shared_data: Path, tmp_path: Path) -> None:
     assert (out / "best.pth").exists() and (out / "last.pth").exists()
     rows = _csv_rows(out / "results.csv")
     assert rows[0]["model"] == "best.pth" and rows[0]["method"] == "ibp"
-    assert rows[0]["run"] == str(out)
+    assert rows[0]["run"] == str(out.resolve())
     assert rows[0]["num_samples"] == "100" and float(rows[0]["eps_value"]) == 0.1
     report = CliRunner().invoke(cli, ["report", str(out / "results.csv"), "--format", "csv"])
-    assert report.output.splitlines()[1].startswith(f"{out},mnist,0.1,100,")
+    assert report.output.splitlines()[1].startswith(f"{out.resolve()},mnist,0.1,100,")
     log = _csv_rows(out / "train_log.csv")
     assert len(log) == 2 and float(log[-1]["eps"]) == pytest.approx(0.1)
     again = CliRunner().invoke(cli, args)

@@ -541,7 +541,8 @@ def _final_evaluation(
         progress=progress,
     )
     if result is not None:
-        # Every run names its model best.pth: the run folder tells runs apart.
-        result.settings["run"] = str(out_dir)
+        # Every run names its model best.pth: the run folder tells runs apart, in full, as
+        # two runs may both be ./model of different folders.
+        result.settings["run"] = str(out_dir.resolve())
         result.write_csv(out=_results_file(config, out_dir))
     return result
