@@ -243,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--crashes", type=Path, help="folder for crashing inputs")
     parser.add_argument(
+        "--models-dir", type=Path, help="ONNX models to seed the ONNX targets with (e.g. ~/models)"
+    )
+    parser.add_argument(
         "--work", type=Path, help="folder for corpora and logs (default: a temp folder)"
     )
     parser.add_argument("--engine", choices=("auto", "atheris", "random"), default="auto")
@@ -251,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the targets and exit")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.models_dir is not None:
+        os.environ["CERTIFY_FUZZ_MODELS"] = str(args.models_dir)  # the workers inherit it
     if args.worker:
         _atheris_worker(args)
         return 0

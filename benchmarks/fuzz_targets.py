@@ -55,8 +55,14 @@ from reports.results_reading import read_results
 
 REPO = Path(__file__).resolve().parents[1]
 EMBEDDED = REPO / "certify" / "embedded" / "mnist_cnn_4layer.pth"
-# The public ONNX models beside the checkout, when they are there.
-SHARED_MODELS = REPO.parent / "shared" / "models"
+# A folder of ONNX models to seed the ONNX targets with (fuzz.py's --models-dir).
+MODELS_ENV = "CERTIFY_FUZZ_MODELS"
+
+
+def _seed_models() -> Path | None:
+    folder = os.environ.get(MODELS_ENV)
+    return Path(folder) if folder and Path(folder).is_dir() else None
+
 
 PROJECT_ERRORS: tuple[type[BaseException], ...] = (CertifyError,)
 CLI_ERRORS: tuple[type[BaseException], ...] = (CertifyError, click.BadParameter)
@@ -538,16 +544,18 @@ def _graph_seeds() -> list[onnx.ModelProto]:
 @cache
 def _graphs() -> tuple[onnx.ModelProto, ...]:
     graphs = _graph_seeds()
+    folder = _seed_models()
     for name in ("verivital_convnet_avgpool.onnx", "oval21_cifar_deep_kw.onnx"):
-        if (SHARED_MODELS / name).is_file():
-            graphs.append(onnx.load(str(SHARED_MODELS / name)))
+        if folder is not None and (folder / name).is_file():
+            graphs.append(onnx.load(str(folder / name)))
     return tuple(graphs)
 
 
 def _seeds_onnx_file() -> list[bytes]:
     seeds = [g.SerializeToString() for g in _graph_seeds()]
-    if SHARED_MODELS.is_dir():
-        seeds += [p.read_bytes() for p in sorted(SHARED_MODELS.glob("*.onnx"))]
+    folder = _seed_models()
+    if folder is not None:
+        seeds += [p.read_bytes() for p in sorted(folder.glob("*.onnx"))]
     return seeds
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import fuzz_targets
 from benchmarks.fuzz_targets import TARGETS, Target, crash_of, random_inputs
 from tests.conftest import REPO_ROOT
 
@@ -57,8 +58,12 @@ def test_checkpoint_loaders_let_out_only_project_errors(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["onnx_file", "onnx_graph"])
-def test_onnx_loaders_let_out_only_project_errors(name: str, shared_models: Path) -> None:
+def test_onnx_loaders_let_out_only_project_errors(
+    name: str, shared_models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # the public models seed both targets
+    monkeypatch.setenv(fuzz_targets.MODELS_ENV, str(shared_models))
+    fuzz_targets._graphs.cache_clear()
     assert _pass(name) > COUNTS[name]
 
 
