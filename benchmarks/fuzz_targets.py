@@ -20,6 +20,7 @@ import atexit
 import copy
 import hashlib
 import io
+import json
 import math
 import os
 import pickle
@@ -52,6 +53,8 @@ from model_zoo.normalization import NormalizedModel
 from model_zoo.onnx.loading import load_onnx
 from reports.eval_csv import EVAL_COLUMNS
 from reports.results_reading import read_results
+from training.config import TrainConfig
+from training.seed_config import read_seed_config
 
 REPO = Path(__file__).resolve().parents[1]
 EMBEDDED = REPO / "certify" / "embedded" / "mnist_cnn_4layer.pth"
@@ -251,6 +254,29 @@ def _seeds_lists() -> list[bytes]:
 
 
 # ------------------------------------------------------------- results CSV
+
+
+def _run_seed_config(data: bytes) -> None:
+    settings = read_seed_config(_as_file(data, "config.json"))
+    # What the file sets must make a valid run.
+    TrainConfig.from_values({"dataset": "mnist", "data_dir": "data", "out_dir": "r"} | settings)
+
+
+def _seeds_seed_config() -> list[bytes]:
+    # The seed's config/mnist.json, cifar.json and tinyimagenet.ibp.json, as their JSON says.
+    files = [
+        {"data": "MNIST", "batch_size": 256, "bound_params": {
+            "eps": 0.4, "bound_type": "IBP",
+            "bound_opts": {"relu": "adaptive", "exp": "clamp_constant"}}},
+        {"data": "CIFAR", "batch_size": 128, "bound_params": {"eps": 0.03137}},
+        {"data": "tinyimagenet", "training_params": {
+            "num_epochs": 80, "scheduler_name": "SmoothedScheduler",
+            "scheduler_opts": "start=11,length=20", "batch_size": 128,
+            "lr_decay_factor": 0.2, "lr_decay_milestones": ""},
+         "bound_params": {"eps": 0.00392, "bound_type": "IBP"}},
+        {"data": "CIFAR", "seed": 100, "training_params": {"method": "robust"}},
+    ]  # fmt: skip
+    return [json.dumps(f).encode() for f in files]
 
 
 def _run_results_csv(data: bytes) -> None:
@@ -707,6 +733,10 @@ TARGETS: dict[str, Target] = {
                tokens=(b",", b"\n", b'"', b"\r", b"8/255", b"best.pth", b"2024-", b"nan",
                        b"+01:00", b"Z", b"T", b"12:00:00", b"1e400", b"-0", b"\xef\xbb\xbf"),
                max_len=16384),
+        Target("seed_config", _run_seed_config, _seeds_seed_config,
+               tokens=(b'"eps"', b'"data"', b'"seed"', b"{", b"}", b":", b",", b"1e400",
+                       b"NaN", b"0.0313725490196078431372549019607843", b'"model"'),
+               max_len=4096),
         Target("checkpoint_file", _run_checkpoint_file, _seeds_checkpoint_file, max_len=1 << 20),
         Target("checkpoint_object", _run_checkpoint_object, _seeds_checkpoint_object,
                max_len=256),

@@ -25,6 +25,7 @@ COUNTS = {
     "methods": 2000,
     "lists": 3000,
     "results_csv": 150,
+    "seed_config": 400,
     "checkpoint_file": 80,
     "checkpoint_object": 150,
     "onnx_file": 40,
@@ -47,7 +48,7 @@ def test_every_target_has_a_short_pass() -> None:
     assert set(COUNTS) == set(TARGETS)
 
 
-@pytest.mark.parametrize("name", ["eps", "methods", "lists", "results_csv"])
+@pytest.mark.parametrize("name", ["eps", "methods", "lists", "results_csv", "seed_config"])
 def test_parsers_let_out_only_project_errors(name: str) -> None:
     assert _pass(name) > COUNTS[name]
 
@@ -69,7 +70,7 @@ def test_onnx_loaders_let_out_only_project_errors(
 
 def test_seeds_are_accepted_where_they_are_valid() -> None:
     # A pass over seeds that all fail early would test nothing: the real inputs load.
-    for name in ("eps", "lists", "results_csv", "checkpoint_file"):
+    for name in ("eps", "lists", "results_csv", "seed_config", "checkpoint_file"):
         target = TARGETS[name]
         valid = [data for data in target.seeds() if _loads(target, data)]
         assert len(valid) >= 3, name
