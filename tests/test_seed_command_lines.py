@@ -314,3 +314,10 @@ def test_readme_mnist_command_trains_into_its_run_folder(seed_dir: Path, shared_
 
     meta = read_checkpoint(run / "last.pth")
     assert meta["arch"] == "cnn" and meta["dataset"] == "mnist" and meta["eps"] == 0.4
+
+
+def test_a_data_set_flag_takes_the_files_augmentation_with_it(tmp_path: Path) -> None:
+    path = _write(tmp_path, {"data": "CIFAR", "bound_params": {"eps": 0.03137}})
+    assert read_seed_config(path)["crop_padding"] == 2  # the seed's CIFAR crops
+    settings = read_seed_config(path, overridden={"dataset"})
+    assert "crop_padding" not in settings and "flip" not in settings

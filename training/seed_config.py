@@ -56,6 +56,10 @@ def read_seed_config(config: str | Path, overridden: Collection[str] = ()) -> di
     reader = _Reader(path)
     reader.read(_load(path))
     settings = {k: v for k, v in reader.settings.items() if k not in overridden}
+    if "dataset" in overridden:
+        # The augmentation comes with the file's data set: another data set brings its own.
+        settings.pop("crop_padding", None)
+        settings.pop("flip", None)
     if "arch" in settings:
         try:
             canonical_name(settings["arch"])
