@@ -94,6 +94,7 @@ def build_table(rows: pd.DataFrame) -> pd.DataFrame:
     """
     rows = merged_rows(rows)
     group = ["model", "dataset", "eps", "mode"]
+    _check_same_images(rows, group)
     latest = rows.sort_values(["date", "order"], na_position="first", kind="stable")
     base = latest.groupby(group, sort=False).last()
     verified = rows.pivot_table(
@@ -112,6 +113,21 @@ def build_table(rows: pd.DataFrame) -> pd.DataFrame:
         # One mode: the column would say nothing (docs/formats.md tells what each means).
         table = table.drop(columns="mode")
     return sort_table(table, ["dataset", "eps", "model"])
+
+
+def _check_same_images(rows: pd.DataFrame, group: list[str]) -> None:
+    """A table row puts its methods side by side: they must cover the same images."""
+    counts = rows.groupby(group, sort=False, dropna=False)["num_samples"].nunique()
+    if (counts > 1).any():
+        key = counts[counts > 1].index[0]
+        part = rows.set_index(group).loc[[key]]
+        sizes = ", ".join(
+            f"{m}: {int(n)}" for m, n in zip(part["method"], part["num_samples"], strict=True)
+        )
+        raise UsageError(
+            f"{key[0]} on {key[1]} at eps {key[2]} has results of different images per "
+            f"method ({sizes} images): evaluate the missing shards, or report the files apart"
+        )
 
 
 def _method_order(found: Sequence[str]) -> list[str]:

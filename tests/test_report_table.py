@@ -285,3 +285,14 @@ def test_counts_that_cannot_be_are_refused_naming_the_line(tmp_path, change, fra
     row = _counted("m.pth", "ibp", 0, 6, 1, 2, 3, "2026-01-01") | change
     with pytest.raises(UsageError, match=r"line 2: " + re.escape(fragment)):
         read_results([_write(tmp_path / "r.csv", [row])])
+
+
+def test_methods_of_one_row_over_different_images_are_refused(tmp_path):
+    # Shard 2 ran IBP only: a CROWN column over half the images of the others would mislead.
+    rows = [
+        _counted("m.pth", "ibp", 0, 3, 1, 1, 1, "2026-01-01"),
+        _counted("m.pth", "crown", 0, 3, 1, 1, 2, "2026-01-01"),
+        _counted("m.pth", "ibp", 3, 3, 0, 1, 2, "2026-01-02"),
+    ]
+    with pytest.raises(UsageError, match=r"different images per method \(crown: 3, ibp: 6"):
+        build_table(read_results([_write(tmp_path / "r.csv", rows)]))
