@@ -553,8 +553,10 @@ def test_a_missing_dataset_names_the_download_command(tmp_path: Path) -> None:
     assert result.exit_code == 1
     # The backquoted command survives the CLI's rewriting of names to flags.
     assert f"run `certify data download cifar --data-dir {tmp_path}`" in result.output
-    with pytest.raises(DataError, match=f"certify data download mnist --data-dir {tmp_path}/no"):
+    # The library says what would fetch it, and carries the data set and folder for that.
+    with pytest.raises(DataError, match="certify.data.download_dataset fetches it") as caught:
         load_split("mnist", tmp_path / "no")
+    assert caught.value.download == ("mnist", tmp_path / "no")
 
 
 # ---------------------------------------------------------------- the command

@@ -11,7 +11,7 @@ degree ``beta`` (4) during the first ``mid`` (a quarter) of the ramp and then li
 with a continuous slope, reaching ``max_eps`` after epoch ``start + length - 1``.
 ``linear`` grows linearly over ``length`` epochs, one step per epoch spread over its
 batches. :func:`parse_scheduler_opts` reads auto_LiRPA's option string
-(``start=2,length=80``), as the seed's ``--scheduler_opts`` and config files give it.
+(``start=2,length=80``), as the seed's scheduler_opts flag and config files give it.
 """
 
 from __future__ import annotations

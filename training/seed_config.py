@@ -1,4 +1,5 @@
-"""Training settings from a config file in the seed's JSON schema (``certify train --config``).
+"""Training settings from a config file in the seed's JSON schema (the config file of
+``certify train``).
 
 The seed (Shi et al.'s training code) keeps part of each experiment in a JSON file beside
 its flags: the data set, batch size, eps, seed, bound type and, in some files, the

@@ -12,12 +12,13 @@ Here both become the command's flags, so the user reads ``--resume``; an error w
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
 import click
 
-from certify.core.errors import CertifyError, SoundnessError, UsageError
+from certify.core.errors import CertifyError, DataError, SoundnessError, UsageError
 
 _NAMED = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
 
@@ -38,6 +39,8 @@ class CertifyCommand(click.Command):
             return super().invoke(ctx)
         except CertifyError as exc:
             reason = _NAMED.sub(lambda m: self.flag(m.group(1)), exc.reason)
+            if isinstance(exc, DataError) and exc.download is not None:
+                reason = _with_download_command(reason, *exc.download)
             if isinstance(exc, SoundnessError):
                 raise SoundnessFailure(reason) from None
             if exc.param is None:
@@ -54,6 +57,13 @@ class CertifyCommand(click.Command):
                     return dashed if dashed in param.opts else param.opts[0]
                 return param.human_readable_name
         return dashed
+
+
+def _with_download_command(reason: str, dataset: str, data_dir: Path) -> str:
+    """The message of a missing data set, ending with the command that downloads it."""
+    reason = reason.removesuffix("; certify.data.download_dataset fetches it")
+    command = f"certify data download {dataset} --data-dir {shlex.quote(str(data_dir))}"
+    return f"{reason}; to download it, run `{command}`"
 
 
 class CertifyGroup(click.Group):

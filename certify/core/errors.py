@@ -9,6 +9,8 @@ errors into messages and exit codes, so library code stays usable from Python.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class CertifyError(Exception):
     """Base class: a problem with the user's input or environment.
@@ -27,7 +29,20 @@ class CertifyError(Exception):
 
 
 class DataError(CertifyError):
-    """A data set is missing, unknown or unreadable."""
+    """A data set is missing, unknown or unreadable.
+
+    ``download``, for a data set that is missing, is ``(data set, data folder)``: what
+    :func:`certify.data.download_dataset` would fetch, for a caller to offer it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        download: tuple[str, Path] | None = None,
+    ) -> None:
+        super().__init__(message, param=param)
+        self.download = download
 
 
 class ModelError(CertifyError):

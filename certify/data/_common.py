@@ -4,13 +4,12 @@ The readers (``mnist``, ``cifar``, ``tinyimagenet``) turn on-disk files into uin
 arrays; this module holds what they have in common: choosing the slice of a split,
 converting pixels to floats the way torchvision's ``ToTensor`` does, checking labels,
 and wording the errors about a missing layout, so that all readers say it alike (and
-point at ``certify data download``). It also names the default data folder.
+say what would download it). It also names the default data folder.
 """
 
 from __future__ import annotations
 
 import os
-import shlex
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +27,11 @@ def default_data_dir() -> Path:
     return Path(value).expanduser() if value else Path("data")
 
 
-def download_hint(dataset: str, data_dir: Path) -> str:
-    """How to get a missing data set, to end an error message with."""
-    # Backquoted, but never a bare identifier: certify/commands/base.py would turn one
-    # into a flag name.
-    command = f"certify data download {dataset} --data-dir {shlex.quote(str(data_dir))}"
-    return f"to download it, run `{command}`"
+def missing_data(message: str, dataset: str, data_dir: Path) -> DataError:
+    """The error for a data set that is not there, saying how to get it."""
+    return DataError(
+        f"{message}; certify.data.download_dataset fetches it", download=(dataset, data_dir)
+    )
 
 
 def resolve_slice(total: int, start: int, num_samples: int | None, what: str) -> tuple[int, int]:
@@ -81,9 +79,8 @@ def not_found(
         # A common slip: pointing at the data set's own folder instead of its parent.
         message += f"; data_dir looks like the {folder} folder itself, pass {data_dir.parent}"
     else:
-        message += f"; data_dir must be the folder that holds {folder}/; " + download_hint(
-            dataset, data_dir
-        )
+        message += f"; data_dir must be the folder that holds {folder}/"
+        return missing_data(message, dataset, data_dir)
     return DataError(message)
 
 

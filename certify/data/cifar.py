@@ -20,7 +20,7 @@ import torch
 from certify.core.datasets import Dataset, get_spec
 from certify.core.errors import DataError
 from certify.data._common import (
-    download_hint,
+    missing_data,
     not_found,
     resolve_slice,
     to_float,
@@ -98,9 +98,8 @@ def _batch_files(data_dir: Path, split: str) -> list[Path]:
         return files
     names = ", ".join(_FILES[split])
     if not any(folder.iterdir()):
-        raise DataError(
-            f"{folder} is empty: put the CIFAR-10 python batches there ({names}); "
-            + download_hint("cifar", data_dir)
+        raise missing_data(
+            f"{folder} is empty: put the CIFAR-10 python batches there ({names})", "cifar", data_dir
         )
     raise DataError(f"no CIFAR-10 {split} batch in {folder}: expected one of {names} ({_LAYOUT})")
 

@@ -18,7 +18,7 @@ import torch
 from certify.core.datasets import Dataset, DatasetSpec, get_spec, parse_dataset
 from certify.core.errors import DataError
 from certify.data import cifar, mnist, tinyimagenet
-from certify.data._common import download_hint
+from certify.data._common import missing_data
 
 SPLITS = ("train", "test")
 
@@ -103,9 +103,11 @@ def _check_slice(start: int, num_samples: int | None) -> tuple[int, int | None]:
 def _check_data_dir(data_dir: str | Path, dataset: Dataset) -> Path:
     root = Path(data_dir).expanduser()
     if not root.exists():
-        raise DataError(
+        raise missing_data(
             f"data directory {root} does not exist: pass the folder that holds MNIST/, "
-            f"cifar-10-batches-py/ or tiny-imagenet-200/, or {download_hint(dataset.value, root)}"
+            "cifar-10-batches-py/ or tiny-imagenet-200/",
+            dataset.value,
+            root,
         )
     if not root.is_dir():
         raise DataError(f"data directory {root} is a file, not a folder: pass its folder")

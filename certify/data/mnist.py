@@ -20,7 +20,7 @@ import torch
 from certify.core.datasets import Dataset, get_spec
 from certify.core.errors import DataError
 from certify.data._common import (
-    download_hint,
+    missing_data,
     not_found,
     resolve_slice,
     to_float,
@@ -87,9 +87,8 @@ def _raw_dir(data_dir: Path) -> Path:
     if not raw.is_dir():
         raise not_found("MNIST folder", raw, _LAYOUT, data_dir, "MNIST", "mnist")
     if not any(raw.iterdir()):
-        raise DataError(
-            f"{raw} is empty: put the MNIST IDX files there ({_LAYOUT}); "
-            + download_hint("mnist", data_dir)
+        raise missing_data(
+            f"{raw} is empty: put the MNIST IDX files there ({_LAYOUT})", "mnist", data_dir
         )
     return raw
 
