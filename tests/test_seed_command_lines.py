@@ -321,3 +321,12 @@ def test_a_data_set_flag_takes_the_files_augmentation_with_it(tmp_path: Path) ->
     assert read_seed_config(path)["crop_padding"] == 2  # the seed's CIFAR crops
     settings = read_seed_config(path, overridden={"dataset"})
     assert "crop_padding" not in settings and "flip" not in settings
+
+
+def test_the_python_api_reads_a_config_file_as_the_command_does(seed_dir: Path, monkeypatch):
+    monkeypatch.setenv("CERTIFY_DATA", "/datasets")
+    config = resolve_config(None, "config/mnist.json", out_dir="r", epochs=3)
+    assert config == config_from_args(["--config", "config/mnist.json", "--dir", "r",
+                                       "--num-epochs", "3"])  # fmt: skip
+    assert (config.dataset, config.eps, config.epochs) == ("mnist", 0.4, 3)
+    assert Path(config.data_dir) == Path("/datasets")

@@ -77,19 +77,29 @@ def preset_values(name: str) -> dict[str, Any]:
     return dict(PRESETS[key])
 
 
-def resolve_config(preset: str | None = None, **given: Any) -> TrainConfig:
-    """The run's settings: a resumed run's stored ones (or the preset's), then the
-    settings ``given`` (any field of :class:`~training.config.TrainConfig`).
+def resolve_config(
+    preset: str | None = None, config_file: str | Path | None = None, **given: Any
+) -> TrainConfig:
+    """The run's settings: a resumed run's stored ones, then the preset's, then those of
+    ``config_file`` (a config JSON in the seed's schema, see :mod:`training.seed_config`),
+    then the settings ``given`` (any field of :class:`~training.config.TrainConfig`). The
+    data folder defaults to :func:`certify.data.default_data_dir`.
 
     With ``resume`` only the settings to change need repeating; conflicting ones are
     refused by :func:`training.run.train`.
     """
+    from certify.data import default_data_dir
+    from training.seed_config import read_seed_config
+
     values: dict[str, Any] = {}
     if given.get("resume") and given.get("out_dir") is not None:
         values.update(_stored_settings(Path(given["out_dir"])))
     if preset is not None:
         values.update(preset_values(preset))
+    if config_file is not None:
+        values.update(read_seed_config(config_file, overridden=given))
     values.update(given)
+    values.setdefault("data_dir", default_data_dir())
     return TrainConfig.from_values(values)
 
 

@@ -250,9 +250,7 @@ def build_config(
     ``nproc``), without training: stored run (``--resume``), then preset, then the
     ``--config`` file, then the flags."""
     from certify.core.errors import UsageError
-    from certify.data import default_data_dir
     from training.presets import resolve_config
-    from training.seed_config import read_seed_config
 
     given = {name: value for name, value in options.items() if value is not None}
     if scheduler_opts is not None:
@@ -262,10 +260,7 @@ def build_config(
                 param="scheduler_opts",
             )
         given["schedule_start"], given["schedule_length"] = scheduler_opts
-    if "data_dir" not in given and not given.get("resume"):
-        given["data_dir"] = default_data_dir()
-    from_file = read_seed_config(config_file, overridden=given) if config_file else {}
-    return resolve_config(preset, **{**from_file, **given})
+    return resolve_config(preset, config_file, **given)
 
 
 def config_from_args(args: Sequence[str]) -> TrainConfig:
