@@ -106,7 +106,7 @@ def _typed(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     for column in ("clean_error", "pgd_error", "verified_error"):
         outside = ~frame[column].between(0, 1)
         if outside.any():
-            line = int(outside.to_numpy().nonzero()[0][0]) + 2
+            line = _first_line(outside)
             value = frame[column][outside].iloc[0]
             raise UsageError(f"{path} line {line}: {column} {float(value):g} is not in [0, 1]")
     _check_counts(frame["num_samples"], "num_samples", path, minimum=1)
@@ -117,11 +117,16 @@ def _typed(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
         raise UsageError(f"{path}: cannot read its dates ({first_line(exc)})") from None
     bad = dates.isna() & (frame["date"] != "")
     if bad.any():
-        line = int(bad.to_numpy().nonzero()[0][0]) + 2  # + header, + 1-based lines
+        line = _first_line(bad)
         raise UsageError(f"{path} line {line}: date {frame['date'][bad].iloc[0]!r} is no date")
     frame["date"] = dates
     frame["eps_value"] = [_eps_value(text, path) for text in frame["eps"]]
     return frame
+
+
+def _first_line(bad: pd.Series) -> int:
+    """The line of the file that holds the first row marked ``bad``."""
+    return int(bad.to_numpy().nonzero()[0][0]) + 2  # + header, + 1-based lines
 
 
 def _check_counts(
@@ -135,7 +140,7 @@ def _check_counts(
         bad |= values > maximum
     bad[finite] |= values[finite] != values[finite].round()
     if bad.any():
-        line = int(bad.to_numpy().nonzero()[0][0]) + 2
+        line = _first_line(bad)
         raise UsageError(
             f"{path} line {line}: {name} {float(values[bad].iloc[0]):g} is not a count of images"
         )
@@ -145,7 +150,7 @@ def _numbers(column: pd.Series, name: str, path: Path) -> pd.Series:
     values = pd.to_numeric(column, errors="coerce")
     bad = values.isna()
     if bad.any():
-        line = int(bad.to_numpy().nonzero()[0][0]) + 2
+        line = _first_line(bad)
         raise UsageError(f"{path} line {line}: {name} {column[bad].iloc[0]!r} is not a number")
     return values
 

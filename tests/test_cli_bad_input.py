@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from certify.cli import cli
 from model_zoo import create_model
 from model_zoo.checkpoint import save_checkpoint
+from tests.conftest import RunsCommandOnLoad
 
 
 @pytest.fixture(scope="module")
@@ -144,16 +145,6 @@ def test_bad_input_gives_one_clean_line(case: str, files, shared_data) -> None:
 # says so and names the function, and the command never runs.
 
 
-class _RunsCommand:
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-
-        return (os.system, (f"touch {self.marker}",))
-
-
 @pytest.mark.parametrize("container", ["zip", "pickle"])
 def test_hostile_checkpoint_exits_1_with_one_line(tmp_path, container: str) -> None:
     import os
@@ -161,7 +152,7 @@ def test_hostile_checkpoint_exits_1_with_one_line(tmp_path, container: str) -> N
 
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
-    payload = {"state_dict": {"0.weight": torch.zeros(2)}, "x": _RunsCommand(str(marker))}
+    payload = {"state_dict": {"0.weight": torch.zeros(2)}, "x": RunsCommandOnLoad(str(marker))}
     if container == "zip":
         torch.save(payload, path)
     else:

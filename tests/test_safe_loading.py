@@ -12,23 +12,14 @@ from click.testing import CliRunner
 from certify.cli import cli
 from certify.core.errors import CheckpointError
 from model_zoo.checkpoint import load_checkpoint
-
-
-class _Payload:
-    """Unpickling this calls os.system, which would create the marker file."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
+from tests.conftest import RunsCommandOnLoad
 
 
 @pytest.mark.parametrize("container", ["zip", "legacy"])
 def test_malicious_pickle_is_refused_and_never_runs(tmp_path, container: str) -> None:
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
-    payload = {"state_dict": {"0.weight": torch.zeros(2)}, "x": _Payload(str(marker))}
+    payload = {"state_dict": {"0.weight": torch.zeros(2)}, "x": RunsCommandOnLoad(str(marker))}
     if container == "zip":
         torch.save(payload, path)
     else:
@@ -66,7 +57,7 @@ _SYSTEM = f"{os.system.__module__}.system"
 
 
 @pytest.mark.parametrize("container", ["zip", "protocol 0", "protocol 2", "protocol 4"])
-@pytest.mark.parametrize("payload", [_Payload, _Eval])
+@pytest.mark.parametrize("payload", [RunsCommandOnLoad, _Eval])
 def test_hostile_pickle_is_called_hostile_and_names_its_global(
     tmp_path, container: str, payload: type
 ) -> None:
@@ -78,7 +69,7 @@ def test_hostile_pickle_is_called_hostile_and_names_its_global(
     message = str(caught.value)
     assert "tries to run code" in message and "refused for safety" in message
     assert "not a plain checkpoint" in message and "corrupt" not in message
-    assert (_SYSTEM if payload is _Payload else "builtins.eval") in message
+    assert (_SYSTEM if payload is RunsCommandOnLoad else "builtins.eval") in message
     assert len(message.splitlines()) == 1
     assert not marker.exists()
 

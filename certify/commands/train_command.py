@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,40 +48,31 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None):
         raise click.BadParameter("give comma-separated epochs, e.g. 50,60") from None
 
 
-def _eps(ctx: click.Context, param: click.Parameter, value: str | None):
-    from certify.core.eps import parse_eps
-    from certify.core.errors import UsageError
-
-    try:
-        return None if value is None else parse_eps(value)
-    except UsageError as exc:
-        raise click.BadParameter(exc.reason) from None
-
-
 def _methods(ctx: click.Context, param: click.Parameter, value: str | None):
     if value is None:
         return None
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
-def _schedule_kind(ctx: click.Context, param: click.Parameter, value: str | None):
-    from certify.core.errors import UsageError
-    from training.schedulers import parse_schedule_kind
+def _parsed(module: str, function: str) -> Callable[..., Any]:
+    """A click callback that parses a value with ``module.function`` (imported on first use,
+    to keep the command's start-up light) and turns its UsageError into click's."""
 
-    try:
-        return None if value is None else parse_schedule_kind(value)
-    except UsageError as exc:
-        raise click.BadParameter(exc.reason) from None
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+        from certify.core.errors import UsageError
+
+        parse = getattr(importlib.import_module(module), function)
+        try:
+            return None if value is None else parse(value)
+        except UsageError as exc:
+            raise click.BadParameter(exc.reason) from None
+
+    return callback
 
 
-def _scheduler_opts(ctx: click.Context, param: click.Parameter, value: str | None):
-    from certify.core.errors import UsageError
-    from training.schedulers import parse_scheduler_opts
-
-    try:
-        return None if value is None else parse_scheduler_opts(value)
-    except UsageError as exc:
-        raise click.BadParameter(exc.reason) from None
+_eps = _parsed("certify.core.eps", "parse_eps")
+_schedule_kind = _parsed("training.schedulers", "parse_schedule_kind")
+_scheduler_opts = _parsed("training.schedulers", "parse_scheduler_opts")
 
 
 class _TrainCommand(CertifyCommand):
