@@ -1,0 +1,173 @@
+"""The branch-and-bound loop of one image.
+
+The search goes in rounds: every open subdomain is split in two on the neuron the
+branching heuristic picks, the children are bounded with beta-CROWN (in batches of
+``batch`` subdomains, warm-started from their parent), and the children whose every margin
+is proven positive are dropped. After each round the worst subdomains' minimizing corners
+go to the caller's counterexample search. The image is verified when no subdomain is
+left, attacked when the caller confirms a counterexample.
+
+Because every open subdomain is split in each round, the subdomains a round produces do
+not depend on how they are batched, and the limit on the number of subdomains
+(:attr:`BabLimits.max_domains`, checked before a round starts) stops every run of the
+same image at the same place, on any machine. The time limit is checked between batches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+import torch
+from torch import Tensor
+
+from certify.bounds.bab.beta_crown import Optimization, SplitBounder
+from certify.bounds.bab.branching import Branching, choose_babsr, choose_fsb
+from certify.bounds.bab.domains import Domains
+from certify.core.errors import UsageError
+
+CounterexampleSearch = Callable[[Tensor, int], Tensor | None]
+"""Called as ``search(points, round)`` with candidate inputs (P x image shape) inside the
+eps-box; returns a confirmed counterexample (image shape), or None."""
+
+
+class BabVerdict(StrEnum):
+    VERIFIED = "verified"
+    ATTACKED = "attacked"
+    TIMEOUT = "timeout"  # the time limit ran out
+    DOMAIN_LIMIT = "domain-limit"  # the next round would pass the limit on subdomains
+
+
+@dataclass(frozen=True)
+class BabLimits:
+    """When branch and bound gives up on an image: after ``timeout`` seconds, or before a
+    round that would bring the subdomains bounded to more than ``max_domains``."""
+
+    timeout: float = 60.0
+    max_domains: int = 100_000
+
+    def __post_init__(self) -> None:
+        if not self.timeout > 0 or math.isnan(self.timeout):
+            raise UsageError(f"{self.timeout}: give a positive number of seconds", param="timeout")
+        if self.max_domains < 1:
+            raise UsageError(f"{self.max_domains}: give at least 1", param="max_domains")
+
+
+@dataclass(frozen=True)
+class BabOutcome:
+    verdict: BabVerdict
+    seconds: float
+    domains: int  # subdomains bounded, the root included
+    lower: float  # the worst margin bound over the open subdomains (inf when verified)
+    counterexample: Tensor | None = None
+
+
+# alpha-CROWN at the root (certify's alpha-CROWN learning rate), then beta-CROWN on the
+# subdomains (alpha-beta-CROWN's defaults for branch and bound).
+ROOT_OPTIMIZATION = Optimization(lr_alpha=0.5)
+SPLIT_OPTIMIZATION = Optimization()
+
+# Subdomains whose minimizing corners are attacked after each round.
+_ATTACKED_PER_ROUND = 8
+# A subdomain with every ReLU split is bounded exactly by beta-CROWN at the optimum of the
+# multipliers; it is optimized this many times longer before it is given up.
+_EXHAUSTED_EFFORT = 10
+
+
+def branch_and_bound(
+    bounder: SplitBounder,
+    image: Tensor,
+    eps: float,
+    spec: Tensor,
+    find_counterexample: CounterexampleSearch,
+    *,
+    branching: Branching = Branching.FSB,
+    limits: BabLimits = BabLimits(),
+    batch: int = 64,
+    root_optimization: Optimization = ROOT_OPTIMIZATION,
+    optimization: Optimization = SPLIT_OPTIMIZATION,
+    clock: Callable[[], float] = time.perf_counter,
+) -> BabOutcome:
+    """Decide whether every margin of ``spec`` (1 x M x K) stays positive over the eps-ball
+    of ``image`` (1 x ...) clipped to [0, 1]."""
+    start = clock()
+
+    def outcome(verdict: BabVerdict, domains: Domains | None, seen: int, cex=None) -> BabOutcome:
+        lower = math.inf if domains is None or not len(domains) else float(domains.worst.min())
+        return BabOutcome(verdict, clock() - start, seen, lower, cex)
+
+    open_ = bounder.root(image, eps, spec, root_optimization)
+    seen = 1
+    if bool((open_.lb > 0).all()):
+        return outcome(BabVerdict.VERIFIED, None, seen)
+    found = find_counterexample(bounder.primal_points(image, eps, spec, open_), 0)
+    if found is not None:
+        return outcome(BabVerdict.ATTACKED, open_, seen, found)
+    exhausted_effort = Optimization(
+        optimization.iterations * _EXHAUSTED_EFFORT, optimization.lr_alpha, optimization.lr_beta
+    )
+    round_ = 0
+    while len(open_):
+        round_ += 1
+        if seen + 2 * len(open_) > limits.max_domains:
+            return outcome(BabVerdict.DOMAIN_LIMIT, open_, seen)
+        kept: list[Domains] = []
+        stuck: list[Domains] = []
+        for first in range(0, len(open_), max(1, batch // 2)):
+            if clock() - start > limits.timeout:
+                return outcome(BabVerdict.TIMEOUT, open_, seen)
+            part = open_.select(torch.arange(first, min(first + max(1, batch // 2), len(open_))))
+            layer, neuron = _choose(bounder, image, eps, spec, part, branching)
+            exhausted = layer < 0
+            if exhausted.any():
+                done = part.select(exhausted.nonzero().squeeze(1))
+                bounder.optimize(image, eps, spec, done, exhausted_effort)
+                stuck.append(done.select((done.worst <= 0).nonzero().squeeze(1)))
+                seen += len(done)
+                keep_rows = (~exhausted).nonzero().squeeze(1)
+                part, layer, neuron = part.select(keep_rows), layer[keep_rows], neuron[keep_rows]
+            if not len(part):
+                continue
+            children = part.split(layer, neuron)
+            bounder.optimize(image, eps, spec, children, optimization)
+            seen += len(children)
+            kept.append(children.select((children.worst <= 0).nonzero().squeeze(1)))
+        splittable = Domains.concatenate(kept) if kept else None
+        unsplittable = Domains.concatenate(stuck) if stuck else None
+        parts = [d for d in (splittable, unsplittable) if d is not None and len(d)]
+        if not parts:
+            return outcome(BabVerdict.VERIFIED, None, seen)
+        open_ = Domains.concatenate(parts)
+        worst = open_.worst.argsort()[:_ATTACKED_PER_ROUND]
+        points = bounder.primal_points(image, eps, spec, open_.select(worst))
+        found = find_counterexample(points, round_)
+        if found is not None:
+            return outcome(BabVerdict.ATTACKED, open_, seen, found)
+        if splittable is None or not len(splittable):
+            # Only subdomains with every ReLU split are left, and longer optimization did
+            # not prove them: more rounds would change nothing.
+            return outcome(BabVerdict.DOMAIN_LIMIT, open_, seen)
+    return outcome(BabVerdict.VERIFIED, None, seen)
+
+
+def _choose(
+    bounder: SplitBounder,
+    image: Tensor,
+    eps: float,
+    spec: Tensor,
+    domains: Domains,
+    branching: Branching,
+) -> tuple[Tensor, Tensor]:
+    # One pass with the subdomains' own slopes leaves each ReLU's coefficients behind.
+    bounder.quick(image, eps, spec, domains)
+    coefficients, biases = bounder.coefficients(), bounder.biases()
+    if branching is Branching.BABSR:
+        return choose_babsr(domains, coefficients, biases)
+
+    def bound_children(children: Domains) -> Tensor:
+        return bounder.quick(image, eps, spec, children).min(dim=1).values
+
+    return choose_fsb(domains, coefficients, biases, bound_children)
