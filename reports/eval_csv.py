@@ -47,6 +47,13 @@ EVAL_COLUMNS = (
     "torch",
     "certify",
     "date",
+    # Branch and bound's settings and verdicts, on its row only.
+    "bab_timeout",
+    "bab_max_domains",
+    "bab_branching",
+    "bab_attacked",
+    "bab_timed_out",
+    "bab_domain_limit",
 )
 
 
@@ -71,8 +78,20 @@ def summary_rows(meta: Mapping[str, Any], summary: EvalSummary) -> list[dict[str
                 "verified_error": repr(errors[method]),
                 "seconds": summary.seconds.get(method.value, 0.0),
             }
+            | (_bab_cells(meta, summary) if method is BoundMethod.BAB else {})
         )
     return rows
+
+
+def _bab_cells(meta: Mapping[str, Any], summary: EvalSummary) -> dict[str, Any]:
+    return {
+        "bab_timeout": meta.get("bab_timeout", ""),
+        "bab_max_domains": meta.get("bab_max_domains", ""),
+        "bab_branching": meta.get("bab_branching", ""),
+        "bab_attacked": summary.bab.get("attacked", 0),
+        "bab_timed_out": summary.bab.get("timeout", 0),
+        "bab_domain_limit": summary.bab.get("domain-limit", 0),
+    }
 
 
 def sample_columns(methods: Sequence[BoundMethod], cascade: bool = False) -> list[str]:
@@ -80,7 +99,8 @@ def sample_columns(methods: Sequence[BoundMethod], cascade: bool = False) -> lis
     cols = ["index", "label", "clean_pred", "clean_correct", "pgd_robust"]
     for m in methods:
         cols += [f"verified_{m.value}", f"margin_lower_{m.value}"]
-    return cols + ["verified_any"] + (["pgd_run", "decided_by"] if cascade else [])
+    bab = ["bab_verdict", "bab_seconds"] if BoundMethod.BAB in methods else []
+    return cols + ["verified_any"] + (["pgd_run", "decided_by"] if cascade else []) + bab
 
 
 def sample_rows(outcomes: SampleOutcomes) -> list[dict[str, Any]]:
@@ -100,6 +120,11 @@ def sample_rows(outcomes: SampleOutcomes) -> list[dict[str, Any]]:
     if outcomes.decided_by is not None:
         columns["pgd_run"] = outcomes.pgd_ran.int().tolist()
         columns["decided_by"] = [d or "open" for d in outcomes.decided_by]
+    if BoundMethod.BAB in outcomes.margin_lower:
+        verdicts = outcomes.bab_verdict or [""] * len(outcomes.labels)
+        columns["bab_verdict"] = verdicts
+        seconds = outcomes.bab_seconds.tolist() if outcomes.bab_seconds is not None else []
+        columns["bab_seconds"] = [s if v else "" for s, v in zip(seconds, verdicts, strict=True)]
     return [
         dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
     ]

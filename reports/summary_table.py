@@ -49,6 +49,22 @@ def summary_table(title: str, summary: EvalSummary) -> Table:
         add(f"verified ({method.value})", error, method.value)
     if len(summary.verified_error) > 1:
         add("verified (best)", summary.best_verified_error, None, style="bold")
+    if summary.bab:
+        counts = summary.bab
+        table.add_row(
+            "bab decided",
+            "",
+            f"{counts.get('verified', 0)} verified, {counts.get('attacked', 0)} attacked",
+            *([""] if cascade else []),
+            "",
+        )
+        table.add_row(
+            "bab hit a limit",
+            "",
+            f"{counts.get('timeout', 0)} time, {counts.get('domain-limit', 0)} subdomains",
+            *([""] if cascade else []),
+            "",
+        )
     if cascade and "check" in summary.seconds:
         table.add_row("self-check", "", "", str(summary.checked), f"{summary.seconds['check']:.1f}")
     return table

@@ -10,16 +10,18 @@ import pytest
 import torch
 from torch import nn
 
+from certify.bounds.bab import BabLimits, BabOptions
 from certify.bounds.margins import BoundMethod, MarginBounder, margin_matrix
 from certify.core.errors import ModelError
 from model_zoo.normalization import NormalizedModel
 from tests.networks import Residual
 
-# alpha-CROWN's optimization takes seconds on these models: in the slow set.
-METHODS = [
-    pytest.param(m, marks=pytest.mark.slow) if m is BoundMethod.ALPHA_CROWN else m
-    for m in BoundMethod
-]
+# alpha-CROWN's optimization and branch and bound take seconds on these models: in the
+# slow set.
+_SLOW = (BoundMethod.ALPHA_CROWN, BoundMethod.BAB)
+METHODS = [pytest.param(m, marks=pytest.mark.slow) if m in _SLOW else m for m in BoundMethod]
+# Branch and bound with limits small enough for a test; its bound is sound at any limit.
+_BAB = BabOptions(BabLimits(timeout=20, max_domains=400))
 
 TOL = 1e-5
 
@@ -77,7 +79,7 @@ def setup():
     model = _small_net()
     images = torch.rand(4, 3, 16, 16)
     labels = model(images).argmax(1)
-    return model, images, labels, MarginBounder(model, (3, 16, 16), torch.device("cpu"))
+    return model, images, labels, MarginBounder(model, (3, 16, 16), torch.device("cpu"), bab=_BAB)
 
 
 def _assert_bounds_hold(model, images, labels, eps: float, lower: torch.Tensor) -> None:
@@ -177,7 +179,8 @@ def _s_shaped_params() -> list:
     params = []
     for activation in (nn.Sigmoid, nn.Tanh):
         for kind in ("mlp", "cnn"):
-            for method in BoundMethod:
+            # Branch and bound splits ReLUs only (test_bab_refuses_other_activations).
+            for method in (m for m in BoundMethod if m is not BoundMethod.BAB):
                 marks = [pytest.mark.slow] if method is BoundMethod.ALPHA_CROWN else []
                 name = f"{activation.__name__.lower()}-{kind}-{method.value}"
                 params.append(pytest.param(activation, kind, method, marks=marks, id=name))
@@ -198,3 +201,20 @@ def test_sigmoid_and_tanh_bounds_hold(s_shaped_setups, activation, kind, method)
     eps = 0.05
     lower = bounder.lower_bounds(images, labels, eps, method)
     _assert_bounds_hold(model, images, labels, eps, lower)
+
+
+def test_bab_refuses_other_activations() -> None:
+    torch.manual_seed(2)
+    model = _s_shaped_net("mlp", nn.Sigmoid)
+    images = torch.rand(1, 3, 8, 8)
+    bounder = MarginBounder(model, (3, 8, 8), torch.device("cpu"))
+    with pytest.raises(ModelError, match="bab splits ReLUs only; this model also has BoundSigmoid"):
+        bounder.lower_bounds(images, model(images).argmax(1), 0.01, BoundMethod.BAB)
+
+
+@pytest.mark.slow
+def test_bab_is_at_least_as_tight_as_alpha_crown(setup) -> None:
+    _, images, labels, bounder = setup
+    alpha = bounder.lower_bounds(images, labels, 0.02, BoundMethod.ALPHA_CROWN)
+    bab = bounder.lower_bounds(images, labels, 0.02, BoundMethod.BAB)
+    assert (bab.min(dim=1).values >= alpha.min(dim=1).values - TOL).all()

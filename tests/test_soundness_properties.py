@@ -1,6 +1,6 @@
 """Property-based soundness: over random small networks built from every layer type we
 support, random eps and random inputs, no point of the eps ball goes below the margin
-lower bounds of IBP, CROWN-IBP or CROWN.
+lower bounds of any bound method, branch and bound included.
 
 Points come from uniform sampling inside the clipped ball, from its corners, and from
 gradient descent on each margin.
@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from certify.bounds.bab import BabLimits, BabOptions
 from certify.bounds.margins import AlphaCrownOptions, BoundMethod, MarginBounder, margin_matrix
 from model_zoo.normalization import NormalizedModel
 from tests.networks import Residual
@@ -91,7 +92,10 @@ def test_no_point_in_the_ball_beats_the_bounds(layers, in_ch, size, classes, eps
     labels = torch.randint(0, classes, (3,), generator=generator)
     # alpha-CROWN's bounds are sound after any number of steps: a few keep the test fast.
     alpha = AlphaCrownOptions(iterations=4)
-    bounder = MarginBounder(model, (in_ch, size, size), torch.device("cpu"), alpha=alpha)
+    # Branch and bound's bounds (the smallest over its subdomains) hold at any limit.
+    bab = BabOptions(BabLimits(timeout=5, max_domains=48), batch=16)
+    shape = (in_ch, size, size)
+    bounder = MarginBounder(model, shape, torch.device("cpu"), alpha=alpha, bab=bab)
     found = _lowest_found(model, images, labels, eps, classes, generator)
     for method in BoundMethod:
         lower = bounder.lower_bounds(images, labels, eps, method)

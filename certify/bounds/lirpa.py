@@ -75,6 +75,19 @@ def perturbed(images: torch.Tensor, eps: float) -> Any:
     return lirpa.BoundedTensor(images, ptb)
 
 
+def interval_reference(module: Any, x: torch.Tensor, eps: float, spec: torch.Tensor) -> dict:
+    """Every bounded node's IBP interval on the eps-ball of ``x``: auto_LiRPA's
+    ``reference_bounds``, which it intersects with the CROWN bounds it computes."""
+    module.compute_bounds(x=(perturbed(x, eps),), C=spec, method="IBP", bound_upper=False)
+    return {
+        node.name: (node.lower.detach(), node.upper.detach())
+        for node in module._modules.values()
+        if getattr(node, "perturbed", False)
+        and isinstance(getattr(node, "lower", None), torch.Tensor)
+        and isinstance(getattr(node, "upper", None), torch.Tensor)
+    }
+
+
 @contextlib.contextmanager
 def _captured_lirpa_log() -> Iterator[list[str]]:
     """Collect what auto_LiRPA logs instead of letting it print."""

@@ -21,6 +21,8 @@ import logging
 import torch
 from torch import nn
 
+from certify.bounds.bab import BabOptions, branch_and_bound
+from certify.bounds.bab.beta_crown import SplitBounder
 from certify.bounds.bounder import (
     AlphaCrownBounder,
     AlphaCrownOptions,
@@ -31,6 +33,7 @@ from certify.bounds.bounder import (
 )
 from certify.bounds.fusion import fold_batchnorm
 from certify.bounds.interval import IntervalNetwork
+from certify.bounds.interval_values import IntervalResult
 from certify.bounds.lirpa import EVALUATION_OPTIONS, bounded_module
 from certify.bounds.pruning import prune_dead_units
 from certify.core.errors import ModelError, UsageError, first_line
@@ -57,6 +60,9 @@ def parse_methods(text: str | list[str] | tuple[str, ...]) -> list[BoundMethod]:
             ) from None
         if method not in methods:
             methods.append(method)
+    if BoundMethod.BAB in methods and BoundMethod.ALPHA_CROWN not in methods:
+        # Branch and bound starts from the images alpha-CROWN leaves open.
+        methods.insert(methods.index(BoundMethod.BAB), BoundMethod.ALPHA_CROWN)
     if not methods:
         valid = ", ".join(m.value for m in BoundMethod)
         raise UsageError(f"no bound method given: name at least one of {valid}", param="methods")
@@ -84,8 +90,11 @@ class MarginBounder:
         device: torch.device,
         hand_ibp: bool = True,
         alpha: AlphaCrownOptions | None = None,
+        bab: BabOptions | None = None,
     ) -> None:
         self.device = device
+        self.input_shape = input_shape
+        self._split_bounder: SplitBounder | None = None
         _refuse_unsupported_layers(model)
         # Bounds are taken on a twin with BatchNorm folded and units that are dead on
         # every image removed: the same function on [0, 1], fewer layers and channels.
@@ -101,11 +110,23 @@ class MarginBounder:
             for method in (BoundMethod.IBP, BoundMethod.CROWN_IBP, BoundMethod.CROWN)
         }
         self._bounders[BoundMethod.ALPHA_CROWN] = AlphaCrownBounder(
-            self.module, alpha or AlphaCrownOptions()
+            self.module, alpha or AlphaCrownOptions(), self.split_bounder
         )
+        self._bounders[BoundMethod.BAB] = _BabBounder(self, bab or BabOptions())
         interval = self._checked_interval_network(model, input_shape) if hand_ibp else None
         if interval is not None:
             self._bounders[BoundMethod.IBP] = IntervalBounder(interval)
+
+    def split_bounder(self) -> SplitBounder:
+        """beta-CROWN on subdomains, for branch and bound: on a module of its own, since
+        it leaves its slopes and multipliers on auto_LiRPA's ReLUs."""
+        if self._split_bounder is None:
+            module = bounded_module(self.twin, self.input_shape, self.device, EVALUATION_OPTIONS)
+            self._split_bounder = SplitBounder(module)
+        return self._split_bounder
+
+    def margin_spec(self, labels: torch.Tensor) -> torch.Tensor:
+        return margin_matrix(labels.to(self.device), self.num_classes)
 
     @property
     def hand_ibp(self) -> bool:
@@ -144,6 +165,34 @@ class MarginBounder:
 
 
 _PROBE_EPS = 0.05
+# Subdomains bounded at once by branch and bound where the caller does not say.
+DEFAULT_BAB_BATCH = 64
+
+
+class _BabBounder:
+    """Branch and bound image by image, without a counterexample search: the margin
+    bounds it returns are the smallest over all subdomains, open or proven, when the
+    search ends (verified, or at a limit). Evaluation runs the search itself, with
+    counterexamples (certify.evaluation.images)."""
+
+    def __init__(self, owner: MarginBounder, options: BabOptions) -> None:
+        self.owner, self.options = owner, options
+
+    def bounds(self, x: torch.Tensor, eps: float, spec: torch.Tensor) -> IntervalResult:
+        split = self.owner.split_bounder()
+        rows = []
+        for i in range(len(x)):
+            outcome = branch_and_bound(
+                split, x[i : i + 1], eps, spec[i : i + 1], _no_counterexamples,
+                branching=self.options.branching, limits=self.options.limits,
+                batch=self.options.batch or DEFAULT_BAB_BATCH,
+            )  # fmt: skip
+            rows.append(outcome.margins.to(x.device))
+        return IntervalResult(None, torch.stack(rows), None)
+
+
+def _no_counterexamples(points: torch.Tensor, round_: int) -> None:
+    return None
 
 
 def _refuse_unsupported_layers(model: nn.Module) -> None:

@@ -100,6 +100,37 @@ def _floats(ctx: click.Context, param: click.Parameter, text: str | None):
     type=float,
     help="Learning rate of alpha-CROWN's slopes.",
 )
+@click.option(
+    "--timeout",
+    default=60.0,
+    show_default=True,
+    type=float,
+    help="bab: seconds per image before it is left open.",
+)
+@click.option(
+    "--max-domains",
+    default=100_000,
+    show_default=True,
+    type=int,
+    help="bab: subdomains per image before it is left open (the same verdicts on any machine).",
+)
+@click.option(
+    "--branching",
+    default="fsb",
+    show_default=True,
+    type=click.Choice(["fsb", "babsr"]),
+    help="bab: which ReLU a subdomain splits on.",
+)
+@click.option(
+    "--bab-batch",
+    type=int,
+    help="bab: subdomains bounded at once. [default: what fits in memory, at most 256]",
+)
+@click.option(
+    "--counterexamples",
+    type=click.Path(file_okay=False),
+    help="bab: write each confirmed counterexample to this folder as <index>.pt.",
+)
 @click.option("--num-samples", type=int, help="Evaluate this many images (default: all).")
 @click.option(
     "--start",
@@ -126,6 +157,7 @@ def eval_command(
     out: str | None,
     per_sample: str | None,
     as_json: bool,
+    counterexamples: str | None,
     **arguments,
 ) -> None:
     """Evaluate MODEL (a checkpoint or .onnx file; default: the bundled MNIST model)."""
@@ -145,6 +177,8 @@ def eval_command(
     if result is None:  # a worker process of a torchrun evaluation: rank 0 reports
         return
     written = result.write_csv(out=out_path, per_sample=per_sample_path)
+    if counterexamples:
+        written += result.write_counterexamples(counterexamples)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:

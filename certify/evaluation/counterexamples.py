@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -107,17 +108,27 @@ def confirm_counterexample(
     return None
 
 
-def save_counterexample(
-    folder: Path, index: int, image: Tensor, point: Tensor, label: int, eps: float
-) -> Path:
-    """``folder/<index>.pt``: the image, the counterexample (float32), label and eps."""
+@dataclass(frozen=True)
+class Counterexample:
+    """A confirmed counterexample of data set image ``index``: ``point`` (float32, the
+    image's shape) is within eps of ``image`` and in [0, 1], and misclassified."""
+
+    index: int
+    image: Tensor
+    point: Tensor
+    label: int
+
+
+def save_counterexample(folder: Path, found: Counterexample, eps: float) -> Path:
+    """``folder/<index>.pt``: the image, the counterexample, the label and eps, as a
+    dict that ``torch.load(path, weights_only=True)`` reads."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{index}.pt"
+    path = folder / f"{found.index}.pt"
     record = {
-        "index": index,
-        "image": image.detach().cpu().clone(),
-        "counterexample": point.detach().cpu().clone(),
-        "label": label,
+        "index": found.index,
+        "image": found.image.detach().cpu().clone(),
+        "counterexample": found.point.detach().cpu().clone(),
+        "label": found.label,
         "eps": eps,
     }
     atomic_write(path, lambda file: torch.save(record, file))

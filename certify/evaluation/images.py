@@ -25,9 +25,16 @@ from enum import StrEnum
 import torch
 from torch import nn
 
+from certify.bounds.bab import BabOptions, BabVerdict, branch_and_bound
+from certify.bounds.bab.beta_crown import Optimization
 from certify.bounds.margins import AlphaCrownOptions, BoundMethod, MarginBounder
 from certify.core.errors import UsageError
 from certify.evaluation.attack import AttackLoss, PGDConfig, pgd_attack
+from certify.evaluation.counterexamples import (
+    Counterexample,
+    CounterexampleFinder,
+    double_precision_twin,
+)
 from certify.evaluation.memory import chunk_size
 from certify.evaluation.outcomes import PGD_STAGE, SampleOutcomes
 
@@ -57,7 +64,9 @@ _FIRST_CHECK_CHUNK = 8
 # grows far faster than IBP's, so they get smaller chunks, chosen from the memory at hand
 # (certify.evaluation.memory) up to this many images unless the caller fixes them.
 DEFAULT_CROWN_CHUNK = 32
-_LINEAR_METHODS = (BoundMethod.CROWN, BoundMethod.ALPHA_CROWN)
+_LINEAR_METHODS = (BoundMethod.CROWN, BoundMethod.ALPHA_CROWN, BoundMethod.BAB)
+# Subdomains branch and bound bounds at once, at most, when memory allows.
+LARGEST_BAB_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,7 @@ class EvalConfig:
     mode: EvalMode = EvalMode.CASCADE
     check_all: bool = False
     alpha: AlphaCrownOptions = field(default_factory=AlphaCrownOptions)
+    bab: BabOptions = field(default_factory=BabOptions)
 
     def __post_init__(self) -> None:
         check_batch_sizes(self.batch_size, self.crown_batch_size)
@@ -124,13 +134,15 @@ class _Run:
         self.indices = torch.arange(first_index, first_index + len(images))
         self.seconds: dict[str, float] = {}
         self._bounder: MarginBounder | None = None
-        self._chunks: dict[BoundMethod, int] = {}
+        self._chunks: dict[str, int] = {}
 
     @property
     def bounder(self) -> MarginBounder:
         if self._bounder is None:
             shape = tuple(self.images.shape[1:])
-            self._bounder = MarginBounder(self.model, shape, self.device, alpha=self.config.alpha)
+            self._bounder = MarginBounder(
+                self.model, shape, self.device, alpha=self.config.alpha, bab=self.config.bab
+            )
         return self._bounder
 
     def every_method(self) -> tuple[SampleOutcomes, dict[str, float]]:
@@ -139,7 +151,10 @@ class _Run:
         robust = self._attack(everything, "pgd")
         outcomes = SampleOutcomes(self.indices, self.labels.cpu(), predictions, robust)
         for method in self.config.methods:
-            outcomes.margin_lower[method] = self._bound(everything, method)
+            if method is BoundMethod.BAB:
+                outcomes.margin_lower[method] = self._branch_and_bound(everything, outcomes)
+            else:
+                outcomes.margin_lower[method] = self._bound(everything, method)
         return outcomes, self.seconds
 
     def cascade(self) -> tuple[SampleOutcomes, dict[str, float]]:
@@ -162,6 +177,15 @@ class _Run:
                 outcomes.pgd_run[todo] = True
                 outcomes.pgd_robust[todo] = robust
                 newly = todo[~robust]
+            elif stage == BoundMethod.BAB:
+                lower = torch.full((n,), float("nan"))
+                lower[todo] = self._branch_and_bound(todo, outcomes)
+                outcomes.margin_lower[BoundMethod.BAB] = lower
+                attacked = torch.tensor(
+                    [outcomes.bab_verdict[i] == BabVerdict.ATTACKED for i in todo.tolist()],
+                    dtype=torch.bool,
+                )
+                newly = todo[(lower[todo] > 0) | attacked]
             else:
                 method = BoundMethod(stage)
                 lower = torch.full((n,), float("nan"))
@@ -254,6 +278,67 @@ class _Run:
 
         _in_chunks(len(which), chunk, method.value, bound)
         return torch.cat(results)
+
+    def _branch_and_bound(self, which: torch.Tensor, outcomes: SampleOutcomes) -> torch.Tensor:
+        """Branch and bound on images ``which``, one at a time: the smallest margin lower
+        bound of each, its verdict and seconds in ``outcomes``; an attacked image's
+        counterexample goes to ``outcomes.counterexamples`` and it counts as attacked."""
+        n = len(self.images)
+        if outcomes.bab_verdict is None:
+            outcomes.bab_verdict = [""] * n
+            outcomes.bab_seconds = torch.full((n,), float("nan"))
+        self.seconds.setdefault(BoundMethod.BAB.value, 0.0)
+        results = []
+        if len(which) == 0:
+            return torch.zeros(0)
+        split = self.bounder.split_bounder()
+        shape = tuple(self.images.shape[1:])
+        model64 = double_precision_twin(self.model, shape)
+        batch = self.config.bab.batch or self._bab_batch(which)
+        stage = f"bab ({self.config.bab.branching.value}, {batch} domains at once)"
+        for i in which.tolist():
+            t0 = time.perf_counter()
+            image = self.images[i : i + 1].to(self.device)
+            label = int(self.labels[i])
+            index = int(self.indices[i])
+            finder = CounterexampleFinder(
+                self.model, model64, image, label, self.config.eps, index, self.config.seed
+            )
+            outcome = branch_and_bound(
+                split, image, self.config.eps, self.bounder.margin_spec(self.labels[i : i + 1]),
+                finder, branching=self.config.bab.branching, limits=self.config.bab.limits,
+                batch=batch,
+            )  # fmt: skip
+            outcomes.bab_verdict[i] = outcome.verdict.value
+            outcomes.bab_seconds[i] = outcome.seconds
+            if outcome.verdict is BabVerdict.ATTACKED:
+                outcomes.counterexamples[index] = Counterexample(
+                    index, image[0].cpu(), outcome.counterexample[0].detach().cpu(), label
+                )
+                outcomes.pgd_robust[i] = False
+                if outcomes.pgd_run is not None:
+                    outcomes.pgd_run[i] = True
+            results.append(outcome.lower)
+            self._add(BoundMethod.BAB.value, t0)
+            self._report(stage, 1, len(which))
+        return torch.tensor(results)
+
+    def _bab_batch(self, which: torch.Tensor) -> int:
+        """Subdomains per beta-CROWN call that fit in memory (probed once, on copies of
+        the first image's root)."""
+        if "bab" not in self._chunks:
+            split = self.bounder.split_bounder()
+            i = int(which[0])
+            image = self.images[i : i + 1].to(self.device)
+            spec = self.bounder.margin_spec(self.labels[i : i + 1])
+            root = split.root(image, self.config.eps, spec, Optimization(iterations=1))
+
+            def probe(k: int) -> None:
+                copies = root.select(torch.zeros(k, dtype=torch.long, device=root.lb.device))
+                split.optimize(image, self.config.eps, spec, copies, Optimization(iterations=1))
+
+            self._chunks["bab"] = chunk_size(probe, self.device, LARGEST_BAB_BATCH, "bab")
+        return max(2, self._chunks["bab"])
 
     def _chunk(self, which: torch.Tensor, method: BoundMethod) -> int:
         """Images per call of ``method``: the batch size for IBP and CROWN-IBP; for the

@@ -8,14 +8,17 @@ verified image is classified correctly and was not attacked successfully.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
 import torch
 
+from certify.bounds.bab import BabVerdict
 from certify.bounds.bounder import BoundMethod
 from certify.core.errors import SoundnessError, UsageError
+from certify.evaluation.counterexamples import Counterexample
 
 # The stage name of the attack in a cascade's ``decided_by``; the others are "clean" and
 # the bound methods' names.
@@ -40,6 +43,11 @@ class SampleOutcomes:
     margin_lower: dict[BoundMethod, torch.Tensor] = field(default_factory=dict)
     pgd_run: torch.Tensor | None = None
     decided_by: list[str] | None = None
+    # Branch and bound, where it ran: its verdict per image ("" where it did not run),
+    # seconds, and the confirmed counterexamples by data set index.
+    bab_verdict: list[str] | None = None
+    bab_seconds: torch.Tensor | None = None
+    counterexamples: dict[int, Counterexample] = field(default_factory=dict)
 
     @property
     def clean_correct(self) -> torch.Tensor:
@@ -60,6 +68,12 @@ class SampleOutcomes:
 
         cascade = parts[0].decided_by is not None
         decided = [d for p in parts for d in (p.decided_by or [])]
+        bab = any(p.bab_verdict is not None for p in parts)
+        verdicts = [v for p in parts for v in (p.bab_verdict or [""] * len(p.labels))]
+        bab_seconds = [
+            p.bab_seconds if p.bab_seconds is not None else torch.full((len(p.labels),), math.nan)
+            for p in parts
+        ]
         return SampleOutcomes(
             indices=indices[order],
             labels=cat([p.labels for p in parts]),
@@ -70,6 +84,9 @@ class SampleOutcomes:
             },
             pgd_run=cat([p.pgd_ran for p in parts]) if cascade else None,
             decided_by=[decided[i] for i in order.tolist()] if cascade else None,
+            bab_verdict=[verdicts[i] for i in order.tolist()] if bab else None,
+            bab_seconds=cat(bab_seconds) if bab else None,
+            counterexamples={k: v for p in parts for k, v in p.counterexamples.items()},
         )
 
     @property
@@ -108,6 +125,8 @@ class EvalSummary:
     mode: str = "every-method"
     decided: dict[str, int] = field(default_factory=dict)
     checked: int = 0
+    # Branch and bound's verdicts, counted (verified, attacked, timeout, domain-limit).
+    bab: dict[str, int] = field(default_factory=dict)
 
     @property
     def clean_error(self) -> float:
@@ -155,6 +174,10 @@ def summarize(outcomes: SampleOutcomes, seconds: dict[str, float]) -> EvalSummar
         seconds=dict(seconds),
         checked=int((outcomes.verified_any() & outcomes.pgd_ran).sum()),
     )
+    if outcomes.bab_verdict is not None:
+        summary.bab = {
+            verdict.value: outcomes.bab_verdict.count(verdict.value) for verdict in BabVerdict
+        }
     if cascade:
         summary.mode = "cascade"
         stages = dict.fromkeys(outcomes.decided_by)

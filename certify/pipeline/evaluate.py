@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from certify.bounds.bab import BabLimits, BabOptions, Branching
 from certify.bounds.bounder import DEFAULT_METHODS
 from certify.bounds.margins import AlphaCrownOptions, BoundMethod, parse_methods
 from certify.core.datasets import Dataset, get_spec, parse_dataset
@@ -74,6 +75,10 @@ def evaluate(
     check_all: bool = False,
     alpha_iterations: int = AlphaCrownOptions.iterations,
     alpha_lr: float = AlphaCrownOptions.lr,
+    timeout: float = BabLimits.timeout,
+    max_domains: int = BabLimits.max_domains,
+    branching: str | Branching = Branching.FSB,
+    bab_batch: int | None = None,
     seed: int = 0,
     name: str | None = None,
     progress: ProgressFn | None = None,
@@ -97,7 +102,11 @@ def evaluate(
     ``pgd_steps`` steps from ``pgd_restarts`` random starts per loss (``pgd_loss``:
     margin, ce or both); the defaults depend on the mode
     (:data:`~certify.evaluation.images.DEFAULT_PGD`). alpha-CROWN optimizes its slopes
-    for ``alpha_iterations`` steps at learning rate ``alpha_lr``.
+    for ``alpha_iterations`` steps at learning rate ``alpha_lr``. The ``bab`` method
+    (complete verification by branch and bound, after alpha-CROWN) gives up on an image
+    after ``timeout`` seconds or before a round would bound more than ``max_domains``
+    subdomains, branching with ``branching`` (``fsb`` or ``babsr``) on ``bab_batch``
+    subdomains at once (None: as many as fit in memory).
 
     Raises :class:`~certify.core.errors.SoundnessError` if a verified image was
     misclassified or attacked. Under ``torchrun`` each process evaluates its shard of the
@@ -112,6 +121,7 @@ def evaluate(
     )  # fmt: skip
     pgd = _attack(mode, pgd_steps, pgd_restarts, pgd_loss)
     alpha = AlphaCrownOptions(alpha_iterations, alpha_lr)
+    bab = BabOptions(BabLimits(float(timeout), max_domains), _branching(branching), bab_batch)
     loaded, source = _load(model, arch, dataset, num_classes, args.mean, args.std)
     if dataset is None and loaded.dataset is None:
         raise UsageError(f"{source} does not say its data set: give one", param="dataset")
@@ -143,6 +153,7 @@ def evaluate(
         mode=mode,
         check_all=check_all,
         alpha=alpha,
+        bab=bab,
     )
     outcomes, seconds, processes = _evaluate_sharded(
         loaded.model, data.images, data.labels, data.start, config, args.device, progress
@@ -167,6 +178,12 @@ def evaluate(
         "certify": __version__,
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
     }
+    if BoundMethod.BAB in config.methods:
+        settings |= {
+            "bab_timeout": bab.limits.timeout,
+            "bab_max_domains": bab.limits.max_domains,
+            "bab_branching": bab.branching.value,
+        }
     result = EvalResult(settings, summarize(outcomes, seconds), outcomes)
     try:
         check_consistency(outcomes)
@@ -215,6 +232,16 @@ def _checked_arguments(
         std=tuple(float(v) for v in std) if std is not None else None,
         device=device if isinstance(device, torch.device) else resolve_device(device),
     )
+
+
+def _branching(value: str | Branching) -> Branching:
+    try:
+        return Branching(str(value).strip().lower())
+    except ValueError:
+        valid = ", ".join(b.value for b in Branching)
+        raise UsageError(
+            f"unknown heuristic {value!r}: use one of {valid}", param="branching"
+        ) from None
 
 
 def _attack(mode: EvalMode, steps: int, restarts: int | None, loss: str | None) -> PGDConfig:

@@ -15,6 +15,7 @@ import pandas as pd
 from rich.table import Table
 
 from certify.core.csv_files import append_rows, write_rows
+from certify.evaluation.counterexamples import save_counterexample
 from certify.evaluation.outcomes import EvalSummary, SampleOutcomes
 from reports.eval_csv import (
     EVAL_COLUMNS,
@@ -75,11 +76,18 @@ class EvalResult:
             "verified_error": {m.value: e for m, e in s.verified_error.items()},
             "best_verified_error": s.best_verified_error,
             **cascade,
+            **({"bab": s.bab} if s.bab else {}),
             "seconds": s.seconds,
             "pgd_checked_verified": s.checked,
             # evaluate raises before a result exists when this does not hold.
             "checked": "every verified image is classified correctly and withstood PGD",
         }
+
+    def write_counterexamples(self, folder: str | Path) -> list[Path]:
+        """One ``<index>.pt`` file per counterexample branch and bound confirmed."""
+        eps = float(self.settings["eps_value"])
+        found = self.outcomes.counterexamples
+        return [save_counterexample(Path(folder), found[index], eps) for index in sorted(found)]
 
     def write_csv(
         self, out: str | Path | None = None, per_sample: str | Path | None = None

@@ -13,6 +13,12 @@ float64 check of the original model).
 """
 
 from certify.bounds.bab.branching import Branching
-from certify.bounds.bab.search import BabLimits, BabOutcome, BabVerdict, branch_and_bound
+from certify.bounds.bab.search import (
+    BabLimits,
+    BabOptions,
+    BabOutcome,
+    BabVerdict,
+    branch_and_bound,
+)
 
-__all__ = ["BabLimits", "BabOutcome", "BabVerdict", "Branching", "branch_and_bound"]
+__all__ = ["BabLimits", "BabOptions", "BabOutcome", "BabVerdict", "Branching", "branch_and_bound"]

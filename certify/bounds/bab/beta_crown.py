@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from certify.bounds.bab.domains import Domains
-from certify.bounds.lirpa import perturbed
+from certify.bounds.lirpa import interval_reference, perturbed
 from certify.core.devices import exact_float32
 from certify.core.errors import ModelError
 
@@ -60,23 +60,28 @@ class SplitBounder:
     # -- the root ---------------------------------------------------------------------
 
     def root(self, image: Tensor, eps: float, spec: Tensor, opt: Optimization) -> Domains:
-        """The whole eps-ball of one image (1 x ...) as one subdomain: intermediate bounds
-        by CROWN intersected with IBP, margins by alpha-CROWN over them."""
+        """The whole eps-ball of each image as one subdomain: intermediate bounds by CROWN
+        intersected with IBP, margins by alpha-CROWN over them. Each image is bounded on
+        its own, whatever the batch."""
         box = perturbed(image, eps)
         with torch.no_grad(), exact_float32():
             self._plain()
-            self.module.compute_bounds(x=(box,), C=spec, method="IBP", bound_upper=False)
-            reference = {
-                node.name: (node.lower.detach(), node.upper.detach())
-                for node in self.module._modules.values()
-                if getattr(node, "perturbed", False) and _has_bounds(node)
-            }
+            reference = interval_reference(self.module, image, eps, spec)
             self.module.compute_bounds(
                 x=(box,), C=spec, method="CROWN", bound_upper=False, reference_bounds=reference
             )
             lower = [torch.max(p.lower, reference[p.name][0]).flatten(1) for p in self.pre]
             upper = [torch.min(p.upper, reference[p.name][1]).flatten(1) for p in self.pre]
-        margins = spec.shape[1]
+            split_nodes = {p.name for p in self.pre}
+            skip = {*self.module.root_name, self.final, *split_nodes}
+            fixed = {
+                node.name: (node.lower.detach(), node.upper.detach())
+                for node in self.module._modules.values()
+                if node.name not in skip and node.name in reference
+                and isinstance(getattr(node, "lower", None), Tensor)
+                and isinstance(getattr(node, "upper", None), Tensor)
+            }  # fmt: skip
+        margins, n = spec.shape[1], len(image)
         domains = Domains(
             lower=lower,
             upper=upper,
@@ -85,10 +90,11 @@ class SplitBounder:
                 (up > -lo).to(lo.dtype).expand(margins, -1, -1).clone()
                 for lo, up in zip(lower, upper, strict=True)
             ],  # fmt: skip
-            split_loc=[torch.zeros(1, 0, dtype=torch.long, device=image.device) for _ in lower],
-            split_sign=[lo.new_zeros(1, 0) for lo in lower],
-            beta=[lo.new_zeros(1, 0) for lo in lower],
-            lb=torch.full((1, margins), -math.inf, device=image.device),
+            split_loc=[torch.zeros(n, 0, dtype=torch.long, device=image.device) for _ in lower],
+            split_sign=[lo.new_zeros(n, 0) for lo in lower],
+            beta=[lo.new_zeros(n, 0) for lo in lower],
+            lb=torch.full((n, margins), -math.inf, device=image.device),
+            fixed=fixed,
         )
         self.optimize(image, eps, spec, domains, opt)
         return domains
@@ -121,7 +127,9 @@ class SplitBounder:
             improved = better.gather(1, best_lb.argmin(dim=1, keepdim=True)).squeeze(1)
             for kept, now in zip(best_beta, betas, strict=True):
                 kept[improved] = now.detach()[improved]
-            if step == opt.iterations or bool((best_lb > 0).all()):
+            # A fixed number of steps, whatever the rest of the batch: each subdomain's
+            # bound is the same in any batch.
+            if step == opt.iterations:
                 break
             # Margins already proven no longer pull the shared multipliers.
             loss = -lb.clamp(max=0.0).sum() - 1e-3 * lb.sum()
@@ -182,8 +190,8 @@ class SplitBounder:
         with torch.no_grad(), exact_float32():
             self._arm(domains, domains.alpha, domains.beta)
             _, _, a_dict = self.module.compute_bounds(
-                x=(perturbed(image.expand(len(domains), *image.shape[1:]), eps),),
-                C=spec.expand(len(domains), -1, -1),
+                x=(perturbed(_rows(image, len(domains)), eps),),
+                C=_rows(spec, len(domains)),
                 method="CROWN",
                 bound_upper=False,
                 intermediate_layer_bounds=self._intermediate(domains),
@@ -211,8 +219,8 @@ class SplitBounder:
         self._arm(domains, alphas, betas)
         try:
             lb, _ = self.module.compute_bounds(
-                x=(perturbed(image.expand(b, *image.shape[1:]), eps),),
-                C=spec.expand(b, -1, -1),
+                x=(perturbed(_rows(image, b), eps),),
+                C=_rows(spec, b),
                 method="CROWN",
                 bound_upper=False,
                 intermediate_layer_bounds=self._intermediate(domains),
@@ -223,7 +231,8 @@ class SplitBounder:
 
     def _intermediate(self, domains: Domains) -> dict[str, list[Tensor]]:
         b = len(domains)
-        return {
+        fixed = {name: [_rows(lo, b), _rows(up, b)] for name, (lo, up) in domains.fixed.items()}
+        return fixed | {
             node.name: [
                 lo.view(b, *node.output_shape[1:]),
                 up.view(b, *node.output_shape[1:]),
@@ -263,6 +272,6 @@ class SplitBounder:
         self.module.set_bound_opts({"optimize_bound_args": {"enable_beta_crown": False}})
 
 
-def _has_bounds(node: Any) -> bool:
-    lower = getattr(node, "lower", None)
-    return isinstance(lower, Tensor) and isinstance(getattr(node, "upper", None), Tensor)
+def _rows(t: Tensor, b: int) -> Tensor:
+    """``t`` for ``b`` subdomains: one image's (or spec's) shared, else one per subdomain."""
+    return t if len(t) == b else t.expand(b, *t.shape[1:])

@@ -12,7 +12,7 @@ start of beta-CROWN.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -27,6 +27,9 @@ class Domains:
     split_sign: list[Tensor]
     beta: list[Tensor]
     lb: Tensor
+    # Bounds of the other nodes auto_LiRPA needs bounds of (inputs of nonlinear operators
+    # other than the split ReLUs), by node name: the root's, shared by every subdomain.
+    fixed: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.lb)
@@ -49,6 +52,7 @@ class Domains:
             split_sign=[t[rows] for t in self.split_sign],
             beta=[t[rows] for t in self.beta],
             lb=self.lb[rows],
+            fixed=self.fixed,
         )
 
     @staticmethod
@@ -67,6 +71,7 @@ class Domains:
             split_sign=_padded_cat([p.split_sign for p in parts], layers, 0.0),
             beta=_padded_cat([p.beta for p in parts], layers, 0.0),
             lb=torch.cat([p.lb for p in parts]),
+            fixed=parts[0].fixed,
         )
 
     def split(self, layer: Tensor, neuron: Tensor) -> Domains:
@@ -103,6 +108,7 @@ class Domains:
             split_sign=sign,
             beta=beta,
             lb=torch.cat([self.lb, self.lb]),
+            fixed=self.fixed,
         )
 
 

@@ -57,12 +57,32 @@ class BabLimits:
 
 
 @dataclass(frozen=True)
+class BabOptions:
+    """Branch and bound as evaluation runs it: the limits, the branching heuristic, and
+    the subdomains bounded at once (None: as many as fit in memory, up to 256)."""
+
+    limits: BabLimits = BabLimits()
+    branching: Branching = Branching.FSB
+    batch: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch is not None and self.batch < 2:
+            raise UsageError(f"{self.batch}: give at least 2 subdomains", param="bab_batch")
+
+
+@dataclass(frozen=True)
 class BabOutcome:
     verdict: BabVerdict
     seconds: float
     domains: int  # subdomains bounded, the root included
-    lower: float  # the worst margin bound over the open subdomains (inf when verified)
+    # Per margin, the smallest lower bound over every subdomain, open or dropped: a sound
+    # lower bound over the whole eps-ball (positive everywhere when verified).
+    margins: Tensor
     counterexample: Tensor | None = None
+
+    @property
+    def lower(self) -> float:
+        return float(self.margins.min())
 
 
 # alpha-CROWN at the root (certify's alpha-CROWN learning rate), then beta-CROWN on the
@@ -94,14 +114,25 @@ def branch_and_bound(
     """Decide whether every margin of ``spec`` (1 x M x K) stays positive over the eps-ball
     of ``image`` (1 x ...) clipped to [0, 1]."""
     start = clock()
+    proven = torch.full((spec.shape[1],), math.inf, device=spec.device)
 
     def outcome(verdict: BabVerdict, domains: Domains | None, seen: int, cex=None) -> BabOutcome:
-        lower = math.inf if domains is None or not len(domains) else float(domains.worst.min())
-        return BabOutcome(verdict, clock() - start, seen, lower, cex)
+        margins = proven
+        if domains is not None and len(domains):
+            margins = torch.minimum(margins, domains.lb.min(dim=0).values)
+        return BabOutcome(verdict, clock() - start, seen, margins.detach().cpu(), cex)
+
+    def drop_proven(domains: Domains) -> Domains:
+        nonlocal proven
+        done = domains.worst > 0
+        if done.any():
+            proven = torch.minimum(proven, domains.lb[done].min(dim=0).values)
+        return domains.select((~done).nonzero().squeeze(1))
 
     open_ = bounder.root(image, eps, spec, root_optimization)
     seen = 1
     if bool((open_.lb > 0).all()):
+        proven = open_.lb[0]
         return outcome(BabVerdict.VERIFIED, None, seen)
     found = find_counterexample(bounder.primal_points(image, eps, spec, open_), 0)
     if found is not None:
@@ -125,7 +156,7 @@ def branch_and_bound(
             if exhausted.any():
                 done = part.select(exhausted.nonzero().squeeze(1))
                 bounder.optimize(image, eps, spec, done, exhausted_effort)
-                stuck.append(done.select((done.worst <= 0).nonzero().squeeze(1)))
+                stuck.append(drop_proven(done))
                 seen += len(done)
                 keep_rows = (~exhausted).nonzero().squeeze(1)
                 part, layer, neuron = part.select(keep_rows), layer[keep_rows], neuron[keep_rows]
@@ -134,7 +165,7 @@ def branch_and_bound(
             children = part.split(layer, neuron)
             bounder.optimize(image, eps, spec, children, optimization)
             seen += len(children)
-            kept.append(children.select((children.worst <= 0).nonzero().squeeze(1)))
+            kept.append(drop_proven(children))
         splittable = Domains.concatenate(kept) if kept else None
         unsplittable = Domains.concatenate(stuck) if stuck else None
         parts = [d for d in (splittable, unsplittable) if d is not None and len(d)]
