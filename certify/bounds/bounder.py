@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -25,7 +25,7 @@ from certify.bounds.interval import IntervalNetwork
 from certify.bounds.interval_values import IntervalResult
 from certify.bounds.lirpa import bound_failure, interval_reference, perturbed
 from certify.core.devices import exact_float32
-from certify.core.errors import CertifyError, ModelError, UsageError
+from certify.core.errors import CertifyError, UsageError
 
 
 class BoundMethod(StrEnum):
@@ -126,27 +126,15 @@ class AlphaCrownBounder:
     of the batch improves), and Adam and the best-so-far bookkeeping work per element.
     """
 
-    def __init__(
-        self, module: Any, options: AlphaCrownOptions, split: Callable[[], Any] | None = None
-    ) -> None:
+    def __init__(self, module: Any, options: AlphaCrownOptions) -> None:
         self.module = module
         self.options = options
-        # ReLU networks: certify's own optimization (SplitBounder.root), over CROWN's
-        # intermediate bounds intersected with IBP's, costs a few CROWN passes where
-        # auto_LiRPA's costs hundreds.
-        self.split = split
 
     def bounds(self, x: Tensor, eps: float, spec: Tensor) -> IntervalResult:
         with _one_line_errors(BoundMethod.ALPHA_CROWN):
             crown = _lirpa_lower(self.module, x, eps, spec, BoundMethod.CROWN.lirpa_name)
-        split = self._split_bounder()
-        if split is not None:
-            from certify.bounds.bab.beta_crown import Optimization
-
-            opt = Optimization(iterations=self.options.iterations, lr_alpha=self.options.lr)
-            with _one_line_errors(BoundMethod.ALPHA_CROWN):
-                root = split.root(x, eps, spec, opt)
-            return IntervalResult(None, torch.maximum(root.lb, crown), None)
+            with torch.no_grad(), exact_float32():
+                reference = interval_reference(self.module, x, eps, spec)
         self.module.set_bound_opts(
             {
                 "optimize_bound_args": {
@@ -167,18 +155,10 @@ class AlphaCrownBounder:
         ):
             warnings.simplefilter("ignore", UserWarning)
             lower, _ = self.module.compute_bounds(
-                x=(perturbed(x, eps),), C=spec, method="CROWN-Optimized", bound_upper=False
-            )
+                x=(perturbed(x, eps),), C=spec, method="CROWN-Optimized", bound_upper=False,
+                reference_bounds=reference,
+            )  # fmt: skip
         return IntervalResult(None, torch.maximum(lower.detach(), crown), None)
-
-    def _split_bounder(self) -> Any:
-        if self.split is None:
-            return None
-        try:
-            return self.split()
-        except ModelError:  # not a ReLU network
-            self.split = None
-            return None
 
 
 @contextlib.contextmanager

@@ -110,7 +110,7 @@ class MarginBounder:
             for method in (BoundMethod.IBP, BoundMethod.CROWN_IBP, BoundMethod.CROWN)
         }
         self._bounders[BoundMethod.ALPHA_CROWN] = AlphaCrownBounder(
-            self.module, alpha or AlphaCrownOptions(), self.split_bounder
+            self.module, alpha or AlphaCrownOptions()
         )
         self._bounders[BoundMethod.BAB] = _BabBounder(self, bab or BabOptions())
         interval = self._checked_interval_network(model, input_shape) if hand_ibp else None

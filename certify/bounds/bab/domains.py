@@ -74,6 +74,19 @@ class Domains:
             fixed=parts[0].fixed,
         )
 
+    def margins(self, keep: Tensor) -> Domains:
+        """The same subdomains with only the margins ``keep`` (a mask over margins)."""
+        return Domains(
+            lower=self.lower,
+            upper=self.upper,
+            alpha=[a[keep] for a in self.alpha],
+            split_loc=self.split_loc,
+            split_sign=self.split_sign,
+            beta=self.beta,
+            lb=self.lb[:, keep],
+            fixed=self.fixed,
+        )
+
     def split(self, layer: Tensor, neuron: Tensor) -> Domains:
         """Two children per subdomain, split on neuron ``neuron[b]`` of ReLU layer
         ``layer[b]``: first every "active" child (z >= 0), then every "inactive" one."""

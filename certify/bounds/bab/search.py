@@ -24,7 +24,7 @@ from enum import StrEnum
 import torch
 from torch import Tensor
 
-from certify.bounds.bab.beta_crown import Optimization, SplitBounder
+from certify.bounds.bab.beta_crown import Optimization, OutOfTime, SplitBounder
 from certify.bounds.bab.branching import Branching, choose_babsr, choose_fsb
 from certify.bounds.bab.domains import Domains
 from certify.core.errors import UsageError
@@ -114,32 +114,66 @@ def branch_and_bound(
     """Decide whether every margin of ``spec`` (1 x M x K) stays positive over the eps-ball
     of ``image`` (1 x ...) clipped to [0, 1]."""
     start = clock()
+    # Per margin, the smallest bound over the subdomains dropped so far.
     proven = torch.full((spec.shape[1],), math.inf, device=spec.device)
+    # The margins the root does not prove: the only ones branch and bound works on.
+    todo = torch.ones(spec.shape[1], dtype=torch.bool, device=spec.device)
 
     def outcome(verdict: BabVerdict, domains: Domains | None, seen: int, cex=None) -> BabOutcome:
-        margins = proven
+        margins = proven.clone()
         if domains is not None and len(domains):
-            margins = torch.minimum(margins, domains.lb.min(dim=0).values)
+            margins[todo] = torch.minimum(margins[todo], domains.lb.min(dim=0).values)
         return BabOutcome(verdict, clock() - start, seen, margins.detach().cpu(), cex)
 
     def drop_proven(domains: Domains) -> Domains:
-        nonlocal proven
         done = domains.worst > 0
         if done.any():
-            proven = torch.minimum(proven, domains.lb[done].min(dim=0).values)
+            proven[todo] = torch.minimum(proven[todo], domains.lb[done].min(dim=0).values)
         return domains.select((~done).nonzero().squeeze(1))
 
-    open_ = bounder.root(image, eps, spec, root_optimization)
+    def out_of_time() -> bool:
+        return clock() - start > limits.timeout
+
+    open_ = bounder.root(image, eps, spec, root_optimization, optimized_intermediate=True)
     seen = 1
     if bool((open_.lb > 0).all()):
-        proven = open_.lb[0]
+        proven = open_.lb[0].clone()
         return outcome(BabVerdict.VERIFIED, None, seen)
     found = find_counterexample(bounder.primal_points(image, eps, spec, open_), 0)
     if found is not None:
         return outcome(BabVerdict.ATTACKED, open_, seen, found)
+    # A margin the root proves is proven on every subdomain: leave it out of the rest.
+    todo = open_.lb[0] <= 0
+    proven = torch.where(todo, proven, open_.lb[0])
+    open_, spec = open_.margins(todo), spec[:, todo]
+    return _rounds(
+        bounder, image, eps, spec, open_, find_counterexample, branching, limits, batch,
+        optimization, seen, outcome, drop_proven, out_of_time,
+    )  # fmt: skip
+
+
+def _rounds(
+    bounder: SplitBounder,
+    image: Tensor,
+    eps: float,
+    spec: Tensor,
+    open_: Domains,
+    find_counterexample: CounterexampleSearch,
+    branching: Branching,
+    limits: BabLimits,
+    batch: int,
+    optimization: Optimization,
+    seen: int,
+    outcome: Callable[..., BabOutcome],
+    drop_proven: Callable[[Domains], Domains],
+    out_of_time: Callable[[], bool],
+) -> BabOutcome:
+    """Split every open subdomain, round after round, until none is left or a limit or
+    a counterexample ends the search."""
     exhausted_effort = Optimization(
         optimization.iterations * _EXHAUSTED_EFFORT, optimization.lr_alpha, optimization.lr_beta
     )
+    step = max(1, batch // 2)
     round_ = 0
     while len(open_):
         round_ += 1
@@ -147,23 +181,29 @@ def branch_and_bound(
             return outcome(BabVerdict.DOMAIN_LIMIT, open_, seen)
         kept: list[Domains] = []
         stuck: list[Domains] = []
-        for first in range(0, len(open_), max(1, batch // 2)):
-            if clock() - start > limits.timeout:
+        for first in range(0, len(open_), step):
+            if out_of_time():
                 return outcome(BabVerdict.TIMEOUT, open_, seen)
-            part = open_.select(torch.arange(first, min(first + max(1, batch // 2), len(open_))))
+            part = open_.select(torch.arange(first, min(first + step, len(open_))))
             layer, neuron = _choose(bounder, image, eps, spec, part, branching)
             exhausted = layer < 0
             if exhausted.any():
                 done = part.select(exhausted.nonzero().squeeze(1))
-                bounder.optimize(image, eps, spec, done, exhausted_effort)
+                try:
+                    bounder.optimize(image, eps, spec, done, exhausted_effort, out_of_time)
+                except OutOfTime:
+                    return outcome(BabVerdict.TIMEOUT, open_, seen)
                 stuck.append(drop_proven(done))
                 seen += len(done)
-                keep_rows = (~exhausted).nonzero().squeeze(1)
-                part, layer, neuron = part.select(keep_rows), layer[keep_rows], neuron[keep_rows]
+                rows = (~exhausted).nonzero().squeeze(1)
+                part, layer, neuron = part.select(rows), layer[rows], neuron[rows]
             if not len(part):
                 continue
             children = part.split(layer, neuron)
-            bounder.optimize(image, eps, spec, children, optimization)
+            try:
+                bounder.optimize(image, eps, spec, children, optimization, out_of_time)
+            except OutOfTime:
+                return outcome(BabVerdict.TIMEOUT, open_, seen)
             seen += len(children)
             kept.append(drop_proven(children))
         splittable = Domains.concatenate(kept) if kept else None
