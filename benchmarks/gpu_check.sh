@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The figures certify still lacks from a GPU, in one run of under 8 minutes on one H100 or
-# H200: IBP evaluation speed of the seed's CIFAR `cnn`, CROWN on 100 CIFAR images,
-# one training epoch of the CIFAR preset, and `certify eval` under torchrun with every
+# H200: IBP evaluation speed of the seed's CIFAR `cnn`, CROWN on 100 CIFAR images, bab
+# on four hard MNIST instances, one training epoch of the CIFAR preset, and `certify eval` under torchrun with every
 # GPU against one. Each step prints what it measured; nothing is written outside a
 # temporary folder.
 #
@@ -30,10 +30,11 @@ py="${PYTHON:-$root/.venv/bin/python}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 if [ "$quick" = 1 ]; then
-  crown_images=4; train_images=200; eval_images=16; repeats=1
+  crown_images=4; train_images=200; eval_images=16; repeats=1; bab_count=1; bab_timeout=5
 else
-  crown_images=100; train_images=""; eval_images=2000; repeats=3
+  crown_images=100; train_images=""; eval_images=2000; repeats=3; bab_count=4; bab_timeout=60
 fi
+bab_images="1206 to $((1206 + bab_count - 1))"
 step() { echo; echo "== $*"; }
 
 step "machine"
@@ -62,6 +63,17 @@ r = json.load(open(sys.argv[1]))
 crown = r["verified_error"]["crown"]
 print(f"{r['num_samples']} images: CROWN verified error {crown:.4f}, "
       f"{r['seconds']['crown']:.1f} s of CROWN ({r['device']})")
+PY
+
+step "bab on mnistfc_256x4.onnx at eps 0.03, images $bab_images, 60 s per image"
+"$py" -m certify eval "$models_dir/mnistfc_256x4.onnx" --dataset mnist --eps 0.03 \
+  --data-dir "$data_dir" --start 1206 --num-samples "$bab_count" --methods crown,bab \
+  --timeout "$bab_timeout" --device "$device" --json > "$work/bab.json"
+"$py" - "$work/bab.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"{r['num_samples']} images: bab {r['bab']}, {r['seconds']['bab']:.1f} s of bab "
+      f"({r['device']})")
 PY
 
 step "one training epoch of the cifar preset"

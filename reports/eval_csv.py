@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from certify.bounds.bounder import BoundMethod
+from certify.bounds.methods import BoundMethod
 from certify.core.csv_files import check_appendable
 from certify.core.errors import UsageError
 from certify.evaluation.outcomes import EvalSummary, SampleOutcomes

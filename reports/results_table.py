@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from certify.bounds.methods import BoundMethod
 from certify.core.eps import parse_eps
 from certify.core.errors import UsageError
 from reports.results_reading import COUNTS, read_results
 
 KEY_COLUMNS = ("model", "dataset", "eps", "mode", "method")
 # The order of the bound methods in the table; methods we do not know come after these.
-METHOD_ORDER = ("ibp", "crown-ibp", "crown", "alpha-crown")
+METHOD_ORDER = tuple(m.value for m in BoundMethod)
 BEST_COLUMN = "best_method"
 ERROR_PREFIX = "verified_"
 _WHERE = re.compile(r"^\s*([A-Za-z_][\w-]*)\s*(<=|>=|!=|=|<|>)\s*(.*?)\s*$")

@@ -11,6 +11,7 @@ import pandas as pd
 from rich.markup import escape
 from rich.table import Table
 
+from certify.bounds.methods import BoundMethod
 from certify.core.errors import UsageError
 from reports.results_table import BEST_COLUMN, ERROR_PREFIX, error_columns
 
@@ -34,12 +35,7 @@ HEADERS = {
     "pgd": "PGD",
     BEST_COLUMN: "best method",
 }
-_METHOD_NAMES = {
-    "ibp": "IBP",
-    "crown-ibp": "CROWN-IBP",
-    "crown": "CROWN",
-    "alpha-crown": "alpha-CROWN",
-}
+_METHOD_NAMES = {m.value: m.label for m in BoundMethod}
 NOTE = (
     "Errors in percent: clean, PGD, and verified per bound method (in a cascade, by the "
     "methods up to that one together); best method: the lowest verified error of the "

@@ -81,5 +81,6 @@ def test_gpu_check_runs_every_step_on_the_cpu(shared_data: Path, shared_models: 
     out = run.stdout
     assert 0.5 < _figure(r"ibp\s+[\d.]+ s \w+ time\s+([\d.]+)x", out) < 10
     assert 0 <= _figure(r"CROWN verified error ([\d.]+)", out) <= 1
+    assert _figure(r"([\d.]+) s of bab", out) > 0
     assert _figure(r"epoch time ([\d.]+) s", out) > 0
     assert _figure(r"1 process\(es\): ([\d.]+) s wall", out) > 0

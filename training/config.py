@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from certify.core.choices import parse_choice
 from certify.core.datasets import get_spec, parse_dataset
 from certify.core.errors import UsageError
 from model_zoo.registry import canonical_name
@@ -153,12 +154,4 @@ class TrainConfig:
 
 
 def _parse_method(value: Any) -> Method:
-    if isinstance(value, Method):
-        return value
-    try:
-        return Method(str(value).strip().lower())
-    except ValueError:
-        valid = ", ".join(m.value for m in Method)
-        raise UsageError(
-            f"unknown training method {value!r}: use one of {valid}", param="method"
-        ) from None
+    return parse_choice(Method, value, param="method", what="training method")

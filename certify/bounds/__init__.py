@@ -7,6 +7,8 @@ on (BatchNorm folded by :mod:`~certify.bounds.fusion`, dead ReLU units removed b
 (:mod:`~certify.bounds.lirpa_compat`) and built in one place
 (:mod:`~certify.bounds.lirpa`), and the bounders that evaluation and training call
 (:mod:`~certify.bounds.bounder`, :mod:`~certify.bounds.margins`,
-:mod:`~certify.bounds.training_bounders`). Imports :mod:`certify.core` and
+:mod:`~certify.bounds.training_bounders`), the table of bound methods
+(:mod:`~certify.bounds.methods`), and complete verification by branch and bound
+(:mod:`~certify.bounds.bab`). Imports :mod:`certify.core` and
 :mod:`model_zoo` only.
 """

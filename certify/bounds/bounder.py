@@ -15,7 +15,6 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Protocol
 
 import torch
@@ -24,29 +23,9 @@ from torch import Tensor
 from certify.bounds.interval import IntervalNetwork
 from certify.bounds.interval_values import IntervalResult
 from certify.bounds.lirpa import bound_failure, interval_reference, perturbed
+from certify.bounds.methods import BoundMethod
 from certify.core.devices import exact_float32
 from certify.core.errors import CertifyError, UsageError
-
-
-class BoundMethod(StrEnum):
-    """The bound methods, in order of cost."""
-
-    IBP = "ibp"
-    CROWN_IBP = "crown-ibp"
-    CROWN = "crown"
-    ALPHA_CROWN = "alpha-crown"
-    # Complete: branch and bound with beta-CROWN (certify.bounds.bab), per image.
-    BAB = "bab"
-
-    @property
-    def lirpa_name(self) -> str:
-        """The method's name in auto_LiRPA's ``compute_bounds``."""
-        names = {"ibp": "IBP", "crown-ibp": "CROWN-IBP", "crown": "CROWN"}
-        return names.get(self.value, "CROWN-Optimized")
-
-
-# alpha-CROWN costs tens of CROWN passes: named when wanted, not by default.
-DEFAULT_METHODS = (BoundMethod.IBP, BoundMethod.CROWN_IBP, BoundMethod.CROWN)
 
 
 @dataclass(frozen=True)

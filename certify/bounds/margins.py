@@ -17,6 +17,7 @@ auto_LiRPA (:class:`~certify.bounds.bounder.LirpaBounder`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -35,6 +36,7 @@ from certify.bounds.fusion import fold_batchnorm
 from certify.bounds.interval import IntervalNetwork
 from certify.bounds.interval_values import IntervalResult
 from certify.bounds.lirpa import EVALUATION_OPTIONS, bounded_module
+from certify.bounds.methods import Bounding
 from certify.bounds.pruning import prune_dead_units
 from certify.core.errors import ModelError, UsageError, first_line
 
@@ -105,17 +107,23 @@ class MarginBounder:
         with torch.no_grad():
             dummy = torch.zeros(1, *input_shape, device=device)
             self.num_classes = int(self.module(dummy).shape[-1])
-        self._bounders: dict[BoundMethod, Bounder] = {
-            method: LirpaBounder(self.module, method)
-            for method in (BoundMethod.IBP, BoundMethod.CROWN_IBP, BoundMethod.CROWN)
+        build: dict[Bounding, Callable[[BoundMethod], Bounder]] = {
+            # IBP by auto_LiRPA, replaced below by the hand-written pass where it matches.
+            Bounding.INTERVAL: lambda method: LirpaBounder(self.module, method),
+            Bounding.LIRPA: lambda method: LirpaBounder(self.module, method),
+            Bounding.OPTIMIZED: lambda _: AlphaCrownBounder(
+                self.module, alpha or AlphaCrownOptions()
+            ),
+            Bounding.BRANCH_AND_BOUND: lambda _: _BabBounder(self, bab or BabOptions()),
         }
-        self._bounders[BoundMethod.ALPHA_CROWN] = AlphaCrownBounder(
-            self.module, alpha or AlphaCrownOptions()
-        )
-        self._bounders[BoundMethod.BAB] = _BabBounder(self, bab or BabOptions())
+        self._bounders: dict[BoundMethod, Bounder] = {
+            method: build[method.info.bounding](method) for method in BoundMethod
+        }
         interval = self._checked_interval_network(model, input_shape) if hand_ibp else None
         if interval is not None:
-            self._bounders[BoundMethod.IBP] = IntervalBounder(interval)
+            for method in BoundMethod:
+                if method.info.bounding is Bounding.INTERVAL:
+                    self._bounders[method] = IntervalBounder(interval)
 
     def split_bounder(self) -> SplitBounder:
         """beta-CROWN on subdomains, for branch and bound: on a module of its own, since

@@ -18,7 +18,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from certify.bounds.bounder import DEFAULT_METHODS, BoundMethod
+from certify.bounds.methods import DEFAULT_METHODS, BoundMethod
 from certify.commands.base import CertifyCommand, write_soundness_evidence
 from certify.core.datasets import Dataset
 from certify.core.devices import DeviceChoice
@@ -131,6 +131,12 @@ def _floats(ctx: click.Context, param: click.Parameter, text: str | None):
     type=click.Path(file_okay=False),
     help="bab: write each confirmed counterexample to this folder as <index>.pt.",
 )
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Take the images a killed run with the same command decided from its journal "
+    "(beside --out or --per-sample) and evaluate the rest.",
+)
 @click.option("--num-samples", type=int, help="Evaluate this many images (default: all).")
 @click.option(
     "--start",
@@ -158,18 +164,26 @@ def eval_command(
     per_sample: str | None,
     as_json: bool,
     counterexamples: str | None,
+    resume: bool,
     **arguments,
 ) -> None:
     """Evaluate MODEL (a checkpoint or .onnx file; default: the bundled MNIST model)."""
     from certify.pipeline.evaluate import evaluate
+    from certify.pipeline.journal import journal_path
     from reports.eval_csv import check_result_files
 
     out_path = Path(out) if out else None
     per_sample_path = Path(per_sample) if per_sample else None
     check_result_files(out_path, per_sample_path)
+    beside = out_path or per_sample_path
+    if resume and beside is None:
+        raise click.UsageError("--resume needs --out or --per-sample: its journal lies beside them")
+    journal = journal_path(beside) if beside is not None else None
     try:
         with _progress_bar() as progress:
-            result = evaluate(model_path, progress=progress, **arguments)
+            result = evaluate(
+                model_path, progress=progress, journal=journal, resume=resume, **arguments
+            )
     except SoundnessError as exc:
         folder = out_path.parent if out_path else Path()
         write_soundness_evidence(exc, per_sample_path, folder)
@@ -179,6 +193,9 @@ def eval_command(
     written = result.write_csv(out=out_path, per_sample=per_sample_path)
     if counterexamples:
         written += result.write_counterexamples(counterexamples)
+    if journal is not None:
+        # Everything it held is in the outputs now.
+        journal.unlink(missing_ok=True)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:

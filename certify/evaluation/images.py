@@ -28,6 +28,7 @@ from torch import nn
 from certify.bounds.bab import BabOptions, BabVerdict, branch_and_bound
 from certify.bounds.bab.beta_crown import Optimization
 from certify.bounds.margins import AlphaCrownOptions, BoundMethod, MarginBounder
+from certify.bounds.methods import Chunking
 from certify.core.errors import UsageError
 from certify.evaluation.attack import AttackLoss, PGDConfig, pgd_attack
 from certify.evaluation.counterexamples import (
@@ -64,7 +65,6 @@ _FIRST_CHECK_CHUNK = 8
 # grows far faster than IBP's, so they get smaller chunks, chosen from the memory at hand
 # (certify.evaluation.memory) up to this many images unless the caller fixes them.
 DEFAULT_CROWN_CHUNK = 32
-_LINEAR_METHODS = (BoundMethod.CROWN, BoundMethod.ALPHA_CROWN, BoundMethod.BAB)
 # Subdomains branch and bound bounds at once, at most, when memory allows.
 LARGEST_BAB_BATCH = 256
 
@@ -95,9 +95,9 @@ def check_batch_sizes(batch_size: int, crown_batch_size: int | None) -> None:
 
 def stages(methods: tuple[BoundMethod, ...]) -> list[str]:
     """The stages of the cascade after the clean prediction, in order of cost."""
-    cheap = [m.value for m in BoundMethod if m in methods and m not in _LINEAR_METHODS]
-    linear = [m.value for m in BoundMethod if m in methods and m in _LINEAR_METHODS]
-    return [*cheap, PGD_STAGE, *linear]
+    cheap = [m.value for m in BoundMethod if m in methods and m.info.chunking is Chunking.BATCH]
+    dear = [m.value for m in BoundMethod if m in methods and m.info.chunking is not Chunking.BATCH]
+    return [*cheap, PGD_STAGE, *dear]
 
 
 def evaluate_images(
@@ -343,7 +343,7 @@ class _Run:
     def _chunk(self, which: torch.Tensor, method: BoundMethod) -> int:
         """Images per call of ``method``: the batch size for IBP and CROWN-IBP; for the
         linear methods the caller's chunk, else what fits in memory (probed once)."""
-        if method not in _LINEAR_METHODS:
+        if method.info.chunking is Chunking.BATCH:
             return self.config.batch_size
         if self.config.crown_batch_size is not None:
             return self.config.crown_batch_size

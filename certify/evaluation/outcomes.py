@@ -16,7 +16,7 @@ from fractions import Fraction
 import torch
 
 from certify.bounds.bab import BabVerdict
-from certify.bounds.bounder import BoundMethod
+from certify.bounds.methods import BoundMethod
 from certify.core.errors import SoundnessError, UsageError
 from certify.evaluation.counterexamples import Counterexample
 

@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from certify.bounds.bab import BabLimits, BabOptions, Branching
-from certify.bounds.bounder import DEFAULT_METHODS
 from certify.bounds.margins import AlphaCrownOptions, BoundMethod, parse_methods
+from certify.bounds.methods import DEFAULT_METHODS
+from certify.core.choices import parse_choice
 from certify.core.datasets import Dataset, get_spec, parse_dataset
 from certify.core.devices import describe_device, resolve_device
 from certify.core.eps import format_eps, parse_eps
@@ -44,6 +45,7 @@ from certify.evaluation.images import (
 )
 from certify.evaluation.outcomes import SampleOutcomes, check_consistency, summarize
 from certify.pipeline.embedded import EMBEDDED_DATA, EMBEDDED_MODEL
+from certify.pipeline.journal import Journal
 from certify.pipeline.result import EvalResult
 from model_zoo import LoadedModel, load_model
 from model_zoo.normalization import NormalizedModel
@@ -82,6 +84,8 @@ def evaluate(
     seed: int = 0,
     name: str | None = None,
     progress: ProgressFn | None = None,
+    journal: str | os.PathLike[str] | None = None,
+    resume: bool = False,
 ) -> EvalResult | None:
     """Clean, PGD and verified error of ``model`` on test images ``[start, start + num_samples)``.
 
@@ -108,6 +112,10 @@ def evaluate(
     subdomains, branching with ``branching`` (``fsb`` or ``babsr``) on ``bab_batch``
     subdomains at once (None: as many as fit in memory).
 
+    With ``journal`` (a file), each slice of images is appended to it as soon as it is
+    decided; ``resume`` takes the slices an earlier run with the same settings left there
+    and evaluates only the rest (:mod:`certify.pipeline.journal`).
+
     Raises :class:`~certify.core.errors.SoundnessError` if a verified image was
     misclassified or attacked. Under ``torchrun`` each process evaluates its shard of the
     images; rank 0 returns the merged result and the other processes return None.
@@ -121,7 +129,11 @@ def evaluate(
     )  # fmt: skip
     pgd = _attack(mode, pgd_steps, pgd_restarts, pgd_loss)
     alpha = AlphaCrownOptions(alpha_iterations, alpha_lr)
-    bab = BabOptions(BabLimits(float(timeout), max_domains), _branching(branching), bab_batch)
+    bab = BabOptions(
+        BabLimits(float(timeout), max_domains),
+        parse_choice(Branching, branching, param="branching", what="heuristic"),
+        bab_batch,
+    )
     loaded, source = _load(model, arch, dataset, num_classes, args.mean, args.std)
     if dataset is None and loaded.dataset is None:
         raise UsageError(f"{source} does not say its data set: give one", param="dataset")
@@ -155,9 +167,24 @@ def evaluate(
         alpha=alpha,
         bab=bab,
     )
-    outcomes, seconds, processes = _evaluate_sharded(
-        loaded.model, data.images, data.labels, data.start, config, args.device, progress
-    )
+    if resume and journal is None:
+        raise UsageError("needs a journal file to resume from", param="resume")
+    if journal is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # The processes of a torchrun job share the images out: no one journal holds them.
+        if resume:
+            raise UsageError("cannot resume a run of several processes: run one", param="resume")
+        journal = None
+    if journal is not None:
+        fingerprint = _fingerprint(model, source, chosen, data.start, len(data.labels), config)
+        outcomes, seconds = _evaluate_journaled(
+            Journal(Path(journal), fingerprint, resume), loaded.model, data.images,
+            data.labels, data.start, config, args.device, progress,
+        )  # fmt: skip
+        processes = 1
+    else:
+        outcomes, seconds, processes = _evaluate_sharded(
+            loaded.model, data.images, data.labels, data.start, config, args.device, progress
+        )
     if outcomes is None:  # another process reports
         return None
     settings = {
@@ -234,16 +261,6 @@ def _checked_arguments(
     )
 
 
-def _branching(value: str | Branching) -> Branching:
-    try:
-        return Branching(str(value).strip().lower())
-    except ValueError:
-        valid = ", ".join(b.value for b in Branching)
-        raise UsageError(
-            f"unknown heuristic {value!r}: use one of {valid}", param="branching"
-        ) from None
-
-
 def _attack(mode: EvalMode, steps: int, restarts: int | None, loss: str | None) -> PGDConfig:
     """The attack asked for, the mode's default where an argument is None."""
     default = DEFAULT_PGD[mode]
@@ -318,6 +335,70 @@ def _check_input_shape(
             f"{source} gives outputs of shape {tuple(out.shape[1:])}, but {dataset.value} "
             f"has {spec.num_classes} classes; check the data set and the number of classes"
         )
+
+
+# Images per journal entry: a killed run loses at most the slice it was in.
+_SLICE = 1000
+_BAB_SLICE = 8
+
+
+def _evaluate_journaled(
+    journal: Journal,
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    first_index: int,
+    config: EvalConfig,
+    device: torch.device,
+    progress: ProgressFn | None,
+) -> tuple[SampleOutcomes, dict[str, float]]:
+    """Evaluate slice after slice, each appended to ``journal``; slices it already holds
+    are taken from it."""
+    covered = journal.covered()
+    parts = [outcomes for outcomes, _ in journal.done]
+    seconds: dict[str, float] = {}
+    for _, spent in journal.done:
+        for stage, value in spent.items():
+            seconds[stage] = seconds.get(stage, 0.0) + value
+    size = _BAB_SLICE if BoundMethod.BAB in config.methods else max(_SLICE, config.batch_size)
+    for lo in range(0, len(labels), size):
+        hi = min(lo + size, len(labels))
+        if all(first_index + i in covered for i in range(lo, hi)):
+            continue
+        outcomes, spent = evaluate_images(
+            model, images[lo:hi], labels[lo:hi], config, device, first_index + lo, progress
+        )
+        journal.append(outcomes, spent)
+        parts.append(outcomes)
+        for stage, value in spent.items():
+            seconds[stage] = seconds.get(stage, 0.0) + value
+    return SampleOutcomes.concatenate(parts), seconds
+
+
+def _fingerprint(
+    model: Any, source: str, dataset: Dataset, start: int, count: int, config: EvalConfig
+) -> dict[str, Any]:
+    """What decides the results of an evaluation: a resumed run must match it."""
+    file = None
+    if not isinstance(model, nn.Module):
+        path = Path(model) if model is not None else EMBEDDED_MODEL
+        stat = path.stat()
+        file = [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    return {
+        "model": file or source,
+        "dataset": dataset.value,
+        "start": start,
+        "num_samples": count,
+        "eps": config.eps,
+        "methods": [m.value for m in config.methods],
+        "mode": config.mode.value,
+        "pgd": [config.pgd.steps, config.pgd.restarts, [x.value for x in config.pgd.losses]],
+        "alpha": [config.alpha.iterations, config.alpha.lr],
+        "bab": [config.bab.limits.timeout, config.bab.limits.max_domains,
+                config.bab.branching.value],
+        "seed": config.seed,
+        "check_all": config.check_all,
+    }  # fmt: skip
 
 
 def _evaluate_sharded(
