@@ -2,7 +2,7 @@
 
 auto_LiRPA 0.3 propagates the linear bounds backward through the network; this module
 holds everything else. The intermediate bounds of each subdomain are fixed (the root's
-CROWN bounds intersected with IBP's, tightened by the subdomain's splits), so one
+alpha-CROWN or CROWN bounds intersected with IBP's, tightened by the subdomain's splits), so one
 backward pass from the margins bounds a whole batch of subdomains. The lower slopes of
 the unstable ReLUs (alpha) and the multipliers of the split constraints (beta, one per
 split, >= 0) are optimized per subdomain and per margin by projected Adam, as alpha- and
