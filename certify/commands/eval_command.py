@@ -18,6 +18,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from certify.bounds.bab import BabLimits, Branching
 from certify.bounds.methods import DEFAULT_METHODS, BoundMethod
 from certify.commands.base import CertifyCommand, write_soundness_evidence
 from certify.core.datasets import Dataset
@@ -102,23 +103,23 @@ def _floats(ctx: click.Context, param: click.Parameter, text: str | None):
 )
 @click.option(
     "--timeout",
-    default=60.0,
+    default=BabLimits.timeout,
     show_default=True,
     type=float,
     help="bab: seconds per image before it is left open.",
 )
 @click.option(
     "--max-domains",
-    default=100_000,
+    default=BabLimits.max_domains,
     show_default=True,
     type=int,
     help="bab: subdomains per image before it is left open (the same verdicts on any machine).",
 )
 @click.option(
     "--branching",
-    default="fsb",
+    default=Branching.FSB.value,
     show_default=True,
-    type=click.Choice(["fsb", "babsr"]),
+    type=click.Choice([b.value for b in Branching]),
     help="bab: which ReLU a subdomain splits on.",
 )
 @click.option(

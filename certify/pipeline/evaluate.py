@@ -358,8 +358,7 @@ def _evaluate_journaled(
     parts = [outcomes for outcomes, _ in journal.done]
     seconds: dict[str, float] = {}
     for _, spent in journal.done:
-        for stage, value in spent.items():
-            seconds[stage] = seconds.get(stage, 0.0) + value
+        _add_seconds(seconds, spent)
     size = _BAB_SLICE if BoundMethod.BAB in config.methods else max(_SLICE, config.batch_size)
     for lo in range(0, len(labels), size):
         hi = min(lo + size, len(labels))
@@ -370,9 +369,13 @@ def _evaluate_journaled(
         )
         journal.append(outcomes, spent)
         parts.append(outcomes)
-        for stage, value in spent.items():
-            seconds[stage] = seconds.get(stage, 0.0) + value
+        _add_seconds(seconds, spent)
     return SampleOutcomes.concatenate(parts), seconds
+
+
+def _add_seconds(total: dict[str, float], spent: dict[str, float]) -> None:
+    for stage, value in spent.items():
+        total[stage] = total.get(stage, 0.0) + value
 
 
 def _fingerprint(

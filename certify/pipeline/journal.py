@@ -79,7 +79,7 @@ def _read(path: Path, settings: dict[str, Any]) -> list[tuple[SampleOutcomes, di
     if differ:
         raise UsageError(
             f"the journal {path} was written with other settings ({', '.join(differ)}): "
-            "resume with the same command, or start afresh without --resume",
+            "resume with the same command, or start afresh without `resume`",
             param="resume",
         )
     done = []
