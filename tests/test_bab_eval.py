@@ -26,6 +26,7 @@ def _bundled():
     return load_checkpoint(EMBEDDED_MODEL).model.eval()
 
 
+@pytest.mark.slow
 def test_bab_attacks_what_pgd_missed_and_saves_it(tmp_path) -> None:
     """At eps 0.41 (just past the bundled model's training eps) PGD misses a misclassified
     point of image 24 that bab finds; the saved file reloads and is misclassified."""

@@ -93,7 +93,7 @@ def test_no_point_in_the_ball_beats_the_bounds(layers, in_ch, size, classes, eps
     # alpha-CROWN's bounds are sound after any number of steps: a few keep the test fast.
     alpha = AlphaCrownOptions(iterations=4)
     # Branch and bound's bounds (the smallest over its subdomains) hold at any limit.
-    bab = BabOptions(BabLimits(timeout=5, max_domains=48), batch=16)
+    bab = BabOptions(BabLimits(timeout=2, max_domains=16), batch=16)
     shape = (in_ch, size, size)
     bounder = MarginBounder(model, shape, torch.device("cpu"), alpha=alpha, bab=bab)
     found = _lowest_found(model, images, labels, eps, classes, generator)
