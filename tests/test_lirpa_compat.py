@@ -871,11 +871,13 @@ def _s_shaped_cnn(activation: type[nn.Module]) -> nn.Sequential:
 
 def _raw_alpha_crown(model: nn.Module, x: torch.Tensor, mode: str, C: torch.Tensor, eps: float):
     """alpha-CROWN's own lower bound (certify takes the larger of it and CROWN's), with
-    certify's evaluation options in conv_mode ``mode``."""
+    certify's evaluation options in conv_mode ``mode`` and one slope or tangent point per
+    neuron of a convolution whose bounds pass back through them, as matrix mode keeps
+    (certify's evaluation shares them per channel in patches mode)."""
     from certify.bounds.lirpa import EVALUATION_OPTIONS
 
     options = {
-        **EVALUATION_OPTIONS, "conv_mode": mode,
+        **EVALUATION_OPTIONS, "conv_mode": mode, "use_full_conv_alpha": True,
         "optimize_bound_args": {"iteration": 10, "early_stop_patience": 11, "keep_best": True},
     }  # fmt: skip
     al = lirpa.load_auto_lirpa()
@@ -909,3 +911,60 @@ def test_alpha_crown_on_s_shaped_activations_before_a_convolution(
     assert (got >= crown - 1e-5).all()
     assert (got > crown + 1e-4).any(), "the optimization moved no tangent point"
     _assert_margins_sound(model, x, labels, got, eps)
+
+
+# --- the gradient of the sign-split product ----------------------------------------------
+
+
+def _sign_split_reference(
+    a: torch.Tensor, d_pos, d_neg, b_pos, b_neg, patches_mode: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``A+ * d_pos + A- * d_neg`` and its offset, written out for autograd."""
+    positive, negative = a.clamp(min=0), a.clamp(max=0)
+    product = d_pos * positive + d_neg * negative
+    summed = (-3, -2, -1) if patches_mode else tuple(range(2, a.ndim))
+    offset = torch.zeros(a.shape[: a.ndim - len(summed)], dtype=a.dtype)
+    if b_pos is not None:
+        offset = offset + (positive * b_pos).sum(summed)
+    if b_neg is not None:
+        offset = offset + (negative * b_neg).sum(summed)
+    return product, offset
+
+
+@pytest.mark.parametrize("patches_mode", [False, True])
+@pytest.mark.parametrize("offsets", ["both", "negative only", "none"])
+@pytest.mark.parametrize("a_needs_grad", [True, False])
+def test_sign_split_product_gradients_match_autograd(
+    auto_lirpa: types.ModuleType, patches_mode: bool, offsets: str, a_needs_grad: bool
+) -> None:
+    """The backward of auto_LiRPA's product (patched where it computes every gradient
+    whatever autograd asks for) gives autograd's gradients of the written-out formula,
+    for every input that needs one; the slopes may be broadcast over the margins."""
+    product_class = importlib.import_module("auto_LiRPA.operators.clampmult")
+    generator = torch.Generator().manual_seed(0)
+    shape = (3, 2, 4, 5, 5) if patches_mode else (3, 2, 7)
+
+    def leaf(*size: int) -> torch.Tensor:
+        t = torch.randn(*size, generator=generator, dtype=torch.float64)
+        return t.requires_grad_()
+
+    a = leaf(*shape).detach().requires_grad_(a_needs_grad)
+    d_pos, d_neg = leaf(1, *shape[1:]), leaf(*shape)
+    b_pos = leaf(*shape) if offsets == "both" else None
+    b_neg = leaf(*shape) if offsets != "none" else None
+    inputs = [t for t in (a, d_pos, d_neg, b_pos, b_neg) if t is not None and t.requires_grad]
+    weights = torch.randn(shape, generator=generator, dtype=torch.float64)
+
+    def gradients(product: torch.Tensor, offset: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        loss = (product * weights).sum() + (
+            offset * torch.arange(offset.numel()).view_as(offset)
+        ).sum()
+        return torch.autograd.grad(loss, inputs)
+
+    got = gradients(
+        *product_class.ClampedMultiplication.apply(a, d_pos, d_neg, b_pos, b_neg, patches_mode)
+    )
+    expected = gradients(*_sign_split_reference(a, d_pos, d_neg, b_pos, b_neg, patches_mode))
+    for g, e in zip(got, expected, strict=True):
+        assert g.shape == e.shape
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)

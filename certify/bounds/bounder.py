@@ -12,7 +12,6 @@ and the pre-ReLU intervals, and switches BatchNorm between train and eval mode
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -20,6 +19,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from certify.bounds.alpha_crown import optimized_margins
 from certify.bounds.interval import IntervalNetwork
 from certify.bounds.interval_values import IntervalResult
 from certify.bounds.lirpa import bound_failure, interval_reference, perturbed
@@ -111,33 +111,13 @@ class AlphaCrownBounder:
 
     def bounds(self, x: Tensor, eps: float, spec: Tensor) -> IntervalResult:
         with _one_line_errors(BoundMethod.ALPHA_CROWN):
-            crown = _lirpa_lower(self.module, x, eps, spec, BoundMethod.CROWN.lirpa_name)
             with torch.no_grad(), exact_float32():
                 reference = interval_reference(self.module, x, eps, spec)
-        self.module.set_bound_opts(
-            {
-                "optimize_bound_args": {
-                    "iteration": self.options.iterations,
-                    "lr_alpha": self.options.lr,
-                    "early_stop_patience": self.options.iterations + 1,
-                    "keep_best": True,
-                }
-            }
-        )
-        # The slopes are optimized by gradient descent; the network's weights stay fixed.
-        # auto_LiRPA 0.3 steps its learning-rate schedule first, which torch warns about.
-        with (
-            torch.enable_grad(),
-            exact_float32(),
-            warnings.catch_warnings(),
-            _one_line_errors(BoundMethod.ALPHA_CROWN),
-        ):
-            warnings.simplefilter("ignore", UserWarning)
-            lower, _ = self.module.compute_bounds(
-                x=(perturbed(x, eps),), C=spec, method="CROWN-Optimized", bound_upper=False,
-                reference_bounds=reference,
+            lower, crown = optimized_margins(
+                self.module, perturbed(x, eps), spec, reference,
+                self.options.iterations, self.options.lr,
             )  # fmt: skip
-        return IntervalResult(None, torch.maximum(lower.detach(), crown), None)
+        return IntervalResult(None, torch.maximum(lower, crown), None)
 
 
 @contextlib.contextmanager

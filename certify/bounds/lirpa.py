@@ -31,12 +31,16 @@ from certify.core.errors import ModelError, first_line
 # alpha-CROWN keeps one slope per neuron and image. 0.3's sparse variants keep slopes
 # only for neurons unstable in some image of the batch, and index them with masks that do
 # not fit strided convolutions in patches mode (a shape mismatch inside auto_LiRPA): the
-# dense slopes are exact and per image.
+# dense slopes are exact and per image. For the bounds of a convolution's neurons the
+# slopes are shared per output channel (0.3's own choice above 512 unstable neurons): one
+# set per neuron multiplied alpha-CROWN's time and memory about tenfold for bounds equal
+# to five digits on the bundled model (docs/notes.md).
 EVALUATION_OPTIONS: Mapping[str, Any] = {
     "conv_mode": "patches",
     "sparse_intermediate_bounds": False,
     "sparse_features_alpha": False,
     "sparse_spec_alpha": False,
+    "use_full_conv_alpha": False,
 }
 # CROWN-IBP takes its intermediate bounds by IBP, so sparsity changes nothing there.
 TRAINING_OPTIONS: Mapping[str, Any] = {"conv_mode": "patches"}

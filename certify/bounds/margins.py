@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -97,6 +98,7 @@ class MarginBounder:
         self.device = device
         self.input_shape = input_shape
         self._split_bounder: SplitBounder | None = None
+        self._alpha = alpha or AlphaCrownOptions()
         _refuse_unsupported_layers(model)
         # Bounds are taken on a twin with BatchNorm folded and units that are dead on
         # every image removed: the same function on [0, 1], fewer layers and channels.
@@ -111,9 +113,7 @@ class MarginBounder:
             # IBP by auto_LiRPA, replaced below by the hand-written pass where it matches.
             Bounding.INTERVAL: lambda method: LirpaBounder(self.module, method),
             Bounding.LIRPA: lambda method: LirpaBounder(self.module, method),
-            Bounding.OPTIMIZED: lambda _: AlphaCrownBounder(
-                self.module, alpha or AlphaCrownOptions()
-            ),
+            Bounding.OPTIMIZED: lambda _: AlphaCrownBounder(self.module, self._alpha),
             Bounding.BRANCH_AND_BOUND: lambda _: _BabBounder(self, bab or BabOptions()),
         }
         self._bounders: dict[BoundMethod, Bounder] = {
@@ -148,6 +148,17 @@ class MarginBounder:
         images = images.to(self.device)
         spec = margin_matrix(labels.to(self.device), self.num_classes)
         return self._bounders[method].bounds(images, eps, spec).lower
+
+    def probe_memory(
+        self, images: torch.Tensor, labels: torch.Tensor, eps: float, method: BoundMethod
+    ) -> None:
+        """Run ``method`` far enough to reach its peak memory: the whole method, except
+        alpha-CROWN, whose peak is in its first step with gradients (two steps of it)."""
+        if method.info.bounding is not Bounding.OPTIMIZED:
+            self.lower_bounds(images, labels, eps, method)
+            return
+        short = AlphaCrownBounder(self.module, replace(self._alpha, iterations=2))
+        short.bounds(images.to(self.device), eps, self.margin_spec(labels))
 
     def _checked_interval_network(
         self, model: nn.Module, input_shape: tuple[int, ...]

@@ -354,7 +354,7 @@ class _Run:
             eps = self.config.eps
 
             def probe(k: int) -> None:
-                self.bounder.lower_bounds(x[:k], y[:k], eps, method)
+                self.bounder.probe_memory(x[:k], y[:k], eps, method)
 
             self._chunks[method] = chunk_size(probe, self.device, DEFAULT_CROWN_CHUNK, method.value)
         return self._chunks[method]

@@ -17,7 +17,6 @@ The split constraint ``s * z >= 0`` (s = +1 active, -1 inactive) enters the Lagr
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from certify.bounds.alpha_crown import optimized_margins
 from certify.bounds.bab.domains import Domains
 from certify.bounds.lirpa import interval_reference, perturbed
 from certify.core.devices import exact_float32
@@ -130,33 +130,18 @@ class SplitBounder:
     def _optimized_intermediate(
         self, box: Any, spec: Tensor, reference: dict, opt: Optimization
     ) -> tuple[Tensor, list[Tensor | None]]:
-        """auto_LiRPA's alpha-CROWN, made batch-independent as certify's alpha-crown is:
-        a fixed number of steps, the best bound kept per element. Returns its margin
-        bounds and its slopes for the margins (the warm start of the root)."""
-        self.module.set_bound_opts(
-            {
-                "optimize_bound_args": {
-                    "iteration": opt.iterations,
-                    "lr_alpha": opt.lr_alpha,
-                    "early_stop_patience": opt.iterations + 1,
-                    "keep_best": True,
-                    "enable_beta_crown": False,
-                }
-            }
+        """alpha-CROWN as certify's alpha-crown method runs it (batch-independent, over
+        intermediate bounds intersected with IBP's). Returns its margin bounds and its
+        slopes for the margins (the warm start of the root)."""
+        lb, crown = optimized_margins(
+            self.module, box, spec, reference, opt.iterations, opt.lr_alpha
         )
-        # auto_LiRPA 0.3 steps its learning-rate schedule first, which torch warns about.
-        with torch.enable_grad(), exact_float32(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            lb, _ = self.module.compute_bounds(
-                x=(box,), C=spec, method="CROWN-Optimized", bound_upper=False,
-                reference_bounds=reference,
-            )  # fmt: skip
         slopes = []
         for relu in self.relus:
             found = getattr(relu, "alpha", {}).get(self.final)
             slopes.append(None if found is None else found[0].detach().flatten(2).clone())
             relu.alpha = {}
-        return lb.detach(), slopes
+        return torch.maximum(lb, crown), slopes
 
     # -- bounding ---------------------------------------------------------------------
 
