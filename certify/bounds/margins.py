@@ -153,11 +153,12 @@ class MarginBounder:
         self, images: torch.Tensor, labels: torch.Tensor, eps: float, method: BoundMethod
     ) -> None:
         """Run ``method`` far enough to reach its peak memory: the whole method, except
-        alpha-CROWN, whose peak is in its first step with gradients (two steps of it)."""
+        alpha-CROWN, whose steps all take the same memory once Adam holds its state: three
+        steps (the second is the first with that state, the third has no gradient)."""
         if method.info.bounding is not Bounding.OPTIMIZED:
             self.lower_bounds(images, labels, eps, method)
             return
-        short = AlphaCrownBounder(self.module, replace(self._alpha, iterations=2))
+        short = AlphaCrownBounder(self.module, replace(self._alpha, iterations=3))
         short.bounds(images.to(self.device), eps, self.margin_spec(labels))
 
     def _checked_interval_network(
