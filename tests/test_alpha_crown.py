@@ -73,3 +73,14 @@ def test_bad_options_name_the_parameter() -> None:
         with pytest.raises(UsageError) as info:
             AlphaCrownOptions(**options)
         assert info.value.param == param
+
+
+def test_the_memory_probe_leaves_later_bounds_as_they_were(plain_mlp) -> None:
+    """The chunk probe runs a short alpha-CROWN on the module that evaluation then uses:
+    the slopes and options it leaves behind must not change a later bound."""
+    net, images, labels = plain_mlp
+    bounder = MarginBounder(net, (1, 28, 28), torch.device("cpu"))
+    before = bounder.lower_bounds(images[:4], labels[:4], 0.05, BoundMethod.ALPHA_CROWN)
+    bounder.probe_memory(images[4:6], labels[4:6], 0.05, BoundMethod.ALPHA_CROWN)
+    after = bounder.lower_bounds(images[:4], labels[:4], 0.05, BoundMethod.ALPHA_CROWN)
+    assert torch.equal(after, before)

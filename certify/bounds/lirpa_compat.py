@@ -5,8 +5,9 @@ only release on the package index, 0.3 (2022), was written for torch 1.12 and nu
 on the torch and numpy that certify supports it fails to import, several of its operators
 crash or give wrong bounds in ``conv_mode="patches"`` (its default), CROWN crashes on a
 model without parameters (weights kept in buffers), alpha-CROWN on a sigmoid or tanh
-before a convolution, and its sigmoid and tanh lines are unsound past +-500 and loose
-across 0 (:func:`s_shaped_relaxation` replaces them).
+before a convolution, its sigmoid and tanh lines are unsound past +-500 and loose
+across 0 (:func:`s_shaped_relaxation` replaces them), and alpha-CROWN's backward through
+every ReLU computes gradients that nothing asks for.
 Every other module of certify gets auto_LiRPA from :func:`load_auto_lirpa`, never with a
 plain ``import auto_LiRPA``::
 
@@ -917,16 +918,15 @@ def _clampmult_gradients_apply() -> None:
                 else:
                     offset = b_neg * (1 - positive)
                 g_a = g_a + offset * grad_bias
-        a_pos = a.clamp(min=0)
-        a_neg = a.clamp(max=0)
-        if need[1]:
-            g_d_pos = a_pos * grad_a
-        if need[2]:
-            g_d_neg = a_neg * grad_a
-        if has_bias:
-            if b_pos is not None and need[3]:
+        if need[1] or (has_bias and b_pos is not None and need[3]):
+            a_pos = a.clamp(min=0)
+            g_d_pos = a_pos * grad_a if need[1] else None
+            if has_bias and b_pos is not None and need[3]:
                 g_b_pos = a_pos * grad_bias
-            if b_neg is not None and need[4]:
+        if need[2] or (has_bias and b_neg is not None and need[4]):
+            a_neg = a.clamp(max=0)
+            g_d_neg = a_neg * grad_a if need[2] else None
+            if has_bias and b_neg is not None and need[4]:
                 g_b_neg = a_neg * grad_bias
         return g_a, g_d_pos, g_d_neg, g_b_pos, g_b_neg, None
 

@@ -113,132 +113,151 @@ def branch_and_bound(
 ) -> BabOutcome:
     """Decide whether every margin of ``spec`` (1 x M x K) stays positive over the eps-ball
     of ``image`` (1 x ...) clipped to [0, 1]."""
-    start = clock()
-    # Per margin, the smallest bound over the subdomains dropped so far.
-    proven = torch.full((spec.shape[1],), math.inf, device=spec.device)
-    # The margins the root does not prove: the only ones branch and bound works on.
-    todo = torch.ones(spec.shape[1], dtype=torch.bool, device=spec.device)
-
-    def outcome(verdict: BabVerdict, domains: Domains | None, seen: int, cex=None) -> BabOutcome:
-        margins = proven.clone()
-        if domains is not None and len(domains):
-            margins[todo] = torch.minimum(margins[todo], domains.lb.min(dim=0).values)
-        return BabOutcome(verdict, clock() - start, seen, margins.detach().cpu(), cex)
-
-    def drop_proven(domains: Domains) -> Domains:
-        done = domains.worst > 0
-        if done.any():
-            proven[todo] = torch.minimum(proven[todo], domains.lb[done].min(dim=0).values)
-        return domains.select((~done).nonzero().squeeze(1))
-
-    def out_of_time() -> bool:
-        return clock() - start > limits.timeout
-
+    search = _Search(
+        bounder, image, eps, spec, find_counterexample, branching, limits, batch,
+        optimization, clock,
+    )  # fmt: skip
     open_ = bounder.root(image, eps, spec, root_optimization, optimized_intermediate=True)
-    seen = 1
+    search.seen = 1
     if bool((open_.lb > 0).all()):
-        proven = open_.lb[0].clone()
-        return outcome(BabVerdict.VERIFIED, None, seen)
+        search.proven = open_.lb[0].clone()
+        return search.outcome(BabVerdict.VERIFIED, None)
     found = find_counterexample(bounder.primal_points(image, eps, spec, open_), 0)
     if found is not None:
-        return outcome(BabVerdict.ATTACKED, open_, seen, found)
-    # A margin the root proves is proven on every subdomain: leave it out of the rest.
-    todo = open_.lb[0] <= 0
-    proven = torch.where(todo, proven, open_.lb[0])
-    open_, spec = open_.margins(todo), spec[:, todo]
-    return _rounds(
-        bounder, image, eps, spec, open_, find_counterexample, branching, limits, batch,
-        optimization, seen, outcome, drop_proven, out_of_time,
-    )  # fmt: skip
+        return search.outcome(BabVerdict.ATTACKED, open_, found)
+    return search.rounds(search.leave_out_proven(open_))
 
 
-def _rounds(
-    bounder: SplitBounder,
-    image: Tensor,
-    eps: float,
-    spec: Tensor,
-    open_: Domains,
-    find_counterexample: CounterexampleSearch,
-    branching: Branching,
-    limits: BabLimits,
-    batch: int,
-    optimization: Optimization,
-    seen: int,
-    outcome: Callable[..., BabOutcome],
-    drop_proven: Callable[[Domains], Domains],
-    out_of_time: Callable[[], bool],
-) -> BabOutcome:
-    """Split every open subdomain, round after round, until none is left or a limit or
-    a counterexample ends the search."""
-    exhausted_effort = Optimization(
-        optimization.iterations * _EXHAUSTED_EFFORT, optimization.lr_alpha, optimization.lr_beta
-    )
-    step = max(1, batch // 2)
-    round_ = 0
-    while len(open_):
-        round_ += 1
-        if seen + 2 * len(open_) > limits.max_domains:
-            return outcome(BabVerdict.DOMAIN_LIMIT, open_, seen)
+class _Search:
+    """The state of one image's search: what is proven, what is left, what it cost."""
+
+    def __init__(
+        self,
+        bounder: SplitBounder,
+        image: Tensor,
+        eps: float,
+        spec: Tensor,
+        find_counterexample: CounterexampleSearch,
+        branching: Branching,
+        limits: BabLimits,
+        batch: int,
+        optimization: Optimization,
+        clock: Callable[[], float],
+    ) -> None:
+        self.bounder, self.image, self.eps, self.spec = bounder, image, eps, spec
+        self.find_counterexample = find_counterexample
+        self.branching, self.limits, self.batch = branching, limits, batch
+        self.optimization = optimization
+        self.clock, self.start = clock, clock()
+        self.seen = 0
+        # Per margin, the smallest bound over the subdomains dropped so far.
+        self.proven = torch.full((spec.shape[1],), math.inf, device=spec.device)
+        # The margins the root does not prove: the only ones branch and bound works on.
+        self.todo = torch.ones(spec.shape[1], dtype=torch.bool, device=spec.device)
+
+    def outcome(
+        self, verdict: BabVerdict, domains: Domains | None, found: Tensor | None = None
+    ) -> BabOutcome:
+        margins = self.proven.clone()
+        if domains is not None and len(domains):
+            todo = self.todo
+            margins[todo] = torch.minimum(margins[todo], domains.lb.min(dim=0).values)
+        seconds = self.clock() - self.start
+        return BabOutcome(verdict, seconds, self.seen, margins.detach().cpu(), found)
+
+    def out_of_time(self) -> bool:
+        return self.clock() - self.start > self.limits.timeout
+
+    def leave_out_proven(self, root: Domains) -> Domains:
+        """A margin the root proves is proven on every subdomain: the rest of the search
+        works on the others only."""
+        self.todo = root.lb[0] <= 0
+        self.proven = torch.where(self.todo, self.proven, root.lb[0])
+        self.spec = self.spec[:, self.todo]
+        return root.margins(self.todo)
+
+    def drop_proven(self, domains: Domains) -> Domains:
+        done = domains.worst > 0
+        if done.any():
+            todo = self.todo
+            self.proven[todo] = torch.minimum(self.proven[todo], domains.lb[done].min(dim=0).values)
+        return domains.select((~done).nonzero().squeeze(1))
+
+    def rounds(self, open_: Domains) -> BabOutcome:
+        """Split every open subdomain, round after round, until none is left or a limit
+        or a counterexample ends the search."""
+        round_ = 0
+        while len(open_):
+            round_ += 1
+            if self.seen + 2 * len(open_) > self.limits.max_domains:
+                return self.outcome(BabVerdict.DOMAIN_LIMIT, open_)
+            try:
+                splittable, unsplittable = self._split_all(open_)
+            except OutOfTime:
+                return self.outcome(BabVerdict.TIMEOUT, open_)
+            parts = [d for d in (splittable, unsplittable) if d is not None and len(d)]
+            if not parts:
+                return self.outcome(BabVerdict.VERIFIED, None)
+            open_ = Domains.concatenate(parts)
+            worst = open_.worst.argsort()[:_ATTACKED_PER_ROUND]
+            points = self.bounder.primal_points(
+                self.image, self.eps, self.spec, open_.select(worst)
+            )
+            found = self.find_counterexample(points, round_)
+            if found is not None:
+                return self.outcome(BabVerdict.ATTACKED, open_, found)
+            if splittable is None or not len(splittable):
+                # Only subdomains with every ReLU split are left, and longer optimization
+                # did not prove them: more rounds would change nothing.
+                return self.outcome(BabVerdict.DOMAIN_LIMIT, open_)
+        return self.outcome(BabVerdict.VERIFIED, None)
+
+    def _split_all(self, open_: Domains) -> tuple[Domains | None, Domains | None]:
+        """One round: the children of every open subdomain that are still open, and the
+        subdomains with nothing left to split that longer optimization did not prove.
+        Raises :class:`OutOfTime` when the time limit runs out."""
+        image, eps, spec = self.image, self.eps, self.spec
+        opt = self.optimization
+        exhausted_effort = Optimization(
+            opt.iterations * _EXHAUSTED_EFFORT, opt.lr_alpha, opt.lr_beta
+        )
+        step = max(1, self.batch // 2)
         kept: list[Domains] = []
         stuck: list[Domains] = []
         for first in range(0, len(open_), step):
-            if out_of_time():
-                return outcome(BabVerdict.TIMEOUT, open_, seen)
+            if self.out_of_time():
+                raise OutOfTime
             part = open_.select(torch.arange(first, min(first + step, len(open_))))
-            layer, neuron = _choose(bounder, image, eps, spec, part, branching)
+            layer, neuron = self._choose(part)
             exhausted = layer < 0
             if exhausted.any():
                 done = part.select(exhausted.nonzero().squeeze(1))
-                try:
-                    bounder.optimize(image, eps, spec, done, exhausted_effort, out_of_time)
-                except OutOfTime:
-                    return outcome(BabVerdict.TIMEOUT, open_, seen)
-                stuck.append(drop_proven(done))
-                seen += len(done)
+                self.bounder.optimize(image, eps, spec, done, exhausted_effort, self.out_of_time)
+                stuck.append(self.drop_proven(done))
+                self.seen += len(done)
                 rows = (~exhausted).nonzero().squeeze(1)
                 part, layer, neuron = part.select(rows), layer[rows], neuron[rows]
             if not len(part):
                 continue
             children = part.split(layer, neuron)
-            try:
-                bounder.optimize(image, eps, spec, children, optimization, out_of_time)
-            except OutOfTime:
-                return outcome(BabVerdict.TIMEOUT, open_, seen)
-            seen += len(children)
-            kept.append(drop_proven(children))
+            self.bounder.optimize(image, eps, spec, children, opt, self.out_of_time)
+            self.seen += len(children)
+            kept.append(self.drop_proven(children))
         splittable = Domains.concatenate(kept) if kept else None
         unsplittable = Domains.concatenate(stuck) if stuck else None
-        parts = [d for d in (splittable, unsplittable) if d is not None and len(d)]
-        if not parts:
-            return outcome(BabVerdict.VERIFIED, None, seen)
-        open_ = Domains.concatenate(parts)
-        worst = open_.worst.argsort()[:_ATTACKED_PER_ROUND]
-        points = bounder.primal_points(image, eps, spec, open_.select(worst))
-        found = find_counterexample(points, round_)
-        if found is not None:
-            return outcome(BabVerdict.ATTACKED, open_, seen, found)
-        if splittable is None or not len(splittable):
-            # Only subdomains with every ReLU split are left, and longer optimization did
-            # not prove them: more rounds would change nothing.
-            return outcome(BabVerdict.DOMAIN_LIMIT, open_, seen)
-    return outcome(BabVerdict.VERIFIED, None, seen)
+        return splittable, unsplittable
 
+    def _choose(self, domains: Domains) -> tuple[Tensor, Tensor]:
+        """The ReLU to split in each subdomain: (layer, neuron), layer -1 where none is
+        left."""
+        bounder, image, eps, spec = self.bounder, self.image, self.eps, self.spec
+        # One pass with the subdomains' own slopes leaves each ReLU's coefficients behind.
+        bounder.quick(image, eps, spec, domains)
+        coefficients, biases = bounder.coefficients(), bounder.biases()
+        if self.branching is Branching.BABSR:
+            return choose_babsr(domains, coefficients, biases)
 
-def _choose(
-    bounder: SplitBounder,
-    image: Tensor,
-    eps: float,
-    spec: Tensor,
-    domains: Domains,
-    branching: Branching,
-) -> tuple[Tensor, Tensor]:
-    # One pass with the subdomains' own slopes leaves each ReLU's coefficients behind.
-    bounder.quick(image, eps, spec, domains)
-    coefficients, biases = bounder.coefficients(), bounder.biases()
-    if branching is Branching.BABSR:
-        return choose_babsr(domains, coefficients, biases)
+        def bound_children(children: Domains) -> Tensor:
+            return bounder.quick(image, eps, spec, children).min(dim=1).values
 
-    def bound_children(children: Domains) -> Tensor:
-        return bounder.quick(image, eps, spec, children).min(dim=1).values
-
-    return choose_fsb(domains, coefficients, biases, bound_children)
+        return choose_fsb(domains, coefficients, biases, bound_children)
