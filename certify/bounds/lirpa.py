@@ -33,8 +33,8 @@ from certify.core.errors import ModelError, first_line
 # not fit strided convolutions in patches mode (a shape mismatch inside auto_LiRPA): the
 # dense slopes are exact and per image. For the bounds of a convolution's neurons the
 # slopes are shared per output channel (0.3's own choice above 512 unstable neurons): one
-# set per neuron multiplied alpha-CROWN's time and memory about tenfold for bounds equal
-# to five digits on the bundled model (docs/notes.md).
+# set per neuron multiplies alpha-CROWN's time and memory for hardly tighter bounds (the
+# figures are in docs/notes.md).
 EVALUATION_OPTIONS: Mapping[str, Any] = {
     "conv_mode": "patches",
     "sparse_intermediate_bounds": False,
