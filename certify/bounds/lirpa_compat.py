@@ -918,16 +918,16 @@ def _clampmult_gradients_apply() -> None:
                 else:
                     offset = b_neg * (1 - positive)
                 g_a = g_a + offset * grad_bias
-        if need[1] or (has_bias and b_pos is not None and need[3]):
+        want_b_pos = has_bias and b_pos is not None and need[3]
+        want_b_neg = has_bias and b_neg is not None and need[4]
+        if need[1] or want_b_pos:
             a_pos = a.clamp(min=0)
             g_d_pos = a_pos * grad_a if need[1] else None
-            if has_bias and b_pos is not None and need[3]:
-                g_b_pos = a_pos * grad_bias
-        if need[2] or (has_bias and b_neg is not None and need[4]):
+            g_b_pos = a_pos * grad_bias if want_b_pos else None
+        if need[2] or want_b_neg:
             a_neg = a.clamp(max=0)
             g_d_neg = a_neg * grad_a if need[2] else None
-            if has_bias and b_neg is not None and need[4]:
-                g_b_neg = a_neg * grad_bias
+            g_b_neg = a_neg * grad_bias if want_b_neg else None
         return g_a, g_d_pos, g_d_neg, g_b_pos, g_b_neg, None
 
     _clamped_multiplication().backward = staticmethod(backward)

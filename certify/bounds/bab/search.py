@@ -117,15 +117,7 @@ def branch_and_bound(
         bounder, image, eps, spec, find_counterexample, branching, limits, batch,
         optimization, clock,
     )  # fmt: skip
-    open_ = bounder.root(image, eps, spec, root_optimization, optimized_intermediate=True)
-    search.seen = 1
-    if bool((open_.lb > 0).all()):
-        search.proven = open_.lb[0].clone()
-        return search.outcome(BabVerdict.VERIFIED, None)
-    found = find_counterexample(bounder.primal_points(image, eps, spec, open_), 0)
-    if found is not None:
-        return search.outcome(BabVerdict.ATTACKED, open_, found)
-    return search.rounds(search.leave_out_proven(open_))
+    return search.run(root_optimization)
 
 
 class _Search:
@@ -154,6 +146,19 @@ class _Search:
         self.proven = torch.full((spec.shape[1],), math.inf, device=spec.device)
         # The margins the root does not prove: the only ones branch and bound works on.
         self.todo = torch.ones(spec.shape[1], dtype=torch.bool, device=spec.device)
+
+    def run(self, root_optimization: Optimization) -> BabOutcome:
+        """Bound the whole ball (the root); search its subdomains unless the root decides."""
+        image, eps, spec = self.image, self.eps, self.spec
+        open_ = self.bounder.root(image, eps, spec, root_optimization, optimized_intermediate=True)
+        self.seen = 1
+        if bool((open_.lb > 0).all()):
+            self.proven = open_.lb[0].clone()
+            return self.outcome(BabVerdict.VERIFIED, None)
+        found = self.find_counterexample(self.bounder.primal_points(image, eps, spec, open_), 0)
+        if found is not None:
+            return self.outcome(BabVerdict.ATTACKED, open_, found)
+        return self.rounds(self.leave_out_proven(open_))
 
     def outcome(
         self, verdict: BabVerdict, domains: Domains | None, found: Tensor | None = None
