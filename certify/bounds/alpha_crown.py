@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from certify.bounds.unstable_rows import UnstableRows, rows_as_specification, unstable_rows
 from certify.core.devices import exact_float32
 
 
@@ -31,7 +32,7 @@ def optimized_margins(
     alpha-CROWN's after ``iterations`` steps of Adam at learning rate ``lr``, and CROWN's
     from the pass that starts the slopes. Both are sound; the slopes are left on the
     module's ReLUs for the caller to read."""
-    crown = _start_slopes(module, box, spec, reference)
+    crown, tight, rows = _start_slopes(module, box, spec, reference)
     module.set_bound_opts(
         {
             "optimize_bound_args": {
@@ -46,20 +47,29 @@ def optimized_margins(
     )
     # The slopes are optimized by gradient descent; the network's weights stay fixed.
     # auto_LiRPA 0.3 steps its learning-rate schedule first, which torch warns about.
-    with torch.enable_grad(), exact_float32(), warnings.catch_warnings():
+    with (
+        torch.enable_grad(),
+        exact_float32(),
+        warnings.catch_warnings(),
+        rows_as_specification(module, rows),
+    ):
         warnings.simplefilter("ignore", UserWarning)
         lower, _ = module.compute_bounds(
             x=(box,), C=spec, method="CROWN-Optimized", bound_upper=False,
-            reference_bounds=reference,
+            reference_bounds=tight, aux_reference_bounds=tight,
         )  # fmt: skip
     return lower.detach(), crown
 
 
-def _start_slopes(module: Any, box: Any, spec: Tensor, reference: dict) -> Tensor:
+def _start_slopes(
+    module: Any, box: Any, spec: Tensor, reference: dict
+) -> tuple[Tensor, dict, UnstableRows]:
     """CROWN's bounds with every intermediate bound intersected with IBP's, run in
     auto_LiRPA's "init" stage so that each ReLU records the slope CROWN chose; then one
     slope per ReLU neuron, image and neuron whose bound it enters (auto_LiRPA's
-    ``init_slope`` without its own, unintersected CROWN pass)."""
+    ``init_slope`` without its own, unintersected CROWN pass). Returns CROWN's margin
+    bounds, ``reference`` with the bounds of that pass for the neurons that enter a
+    ReLU, and the layers to bound from rows (:mod:`certify.bounds.unstable_rows`)."""
     activations = module.optimizable_activations
     for node in activations:
         node.opt_init()
@@ -67,10 +77,15 @@ def _start_slopes(module: Any, box: Any, spec: Tensor, reference: dict) -> Tenso
         crown, _ = module.compute_bounds(
             x=(box,), C=spec, method="backward", bound_upper=False, reference_bounds=reference
         )
-    for node in activations:
-        if node.used and node.perturbed:
-            starts = module.get_alpha_crown_start_nodes(
-                node, c=spec, final_node_name=module.final_name
-            )
-            node.init_opt_parameters(starts)
-    return crown.detach()
+    used = [node for node in activations if node.used and node.perturbed]
+    pre_activations = {node.inputs[0].name: node.inputs[0] for node in used}
+    # Those bounds are sound and at least as tight as IBP's: each step of alpha-CROWN
+    # keeps the tighter of them and its own, so a neuron stable after CROWN stays so.
+    tight = dict(reference)
+    for name, node in pre_activations.items():
+        tight[name] = (node.lower.detach(), node.upper.detach())
+    rows = unstable_rows(module, used)
+    for node in used:
+        starts = module.get_alpha_crown_start_nodes(node, c=spec, final_node_name=module.final_name)
+        node.init_opt_parameters(rows.start_nodes(node, starts))
+    return crown.detach(), tight, rows
