@@ -10,7 +10,8 @@ Target: alpha-CROWN at most 40x CROWN, at most 2 GB peak on 32 bundled images.
 
     python benchmarks/alpha_crown.py                       # the bundled model, 32 images
     python benchmarks/alpha_crown.py --model ../shared/models/cifar10_resnet_4b.onnx \
-        --dataset cifar --eps 1/255 --num-samples 8 --data-dir ../shared/data
+        --dataset cifar --eps 1/255 --num-samples 2 --data-dir ../shared/data \
+        --mean 0.4914,0.4822,0.4465 --std 0.2471,0.2435,0.2616
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def _setup(args: argparse.Namespace) -> tuple[MarginBounder, torch.Tensor, torch
         loaded = load_model(EMBEDDED_MODEL)
         data_dir, dataset = EMBEDDED_DATA, "mnist"
     else:
-        loaded = load_model(args.model, dataset=args.dataset)
+        loaded = load_model(args.model, dataset=args.dataset, mean=args.mean, std=args.std)
         data_dir, dataset = Path(args.data_dir), args.dataset
     data = load_split(dataset, data_dir, num_samples=args.num_samples)
     eps = parse_eps(args.eps) if args.eps else float(loaded.eps)
@@ -61,6 +62,10 @@ def _setup(args: argparse.Namespace) -> tuple[MarginBounder, torch.Tensor, torch
         alpha=AlphaCrownOptions(iterations=args.iterations),
     )
     return bounder, data.images, data.labels, eps
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
 
 
 def _alpha_only(args: argparse.Namespace) -> None:
@@ -81,6 +86,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="mnist")
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--eps", help="default: the model's own eps")
+    parser.add_argument("--mean", type=_floats, help="per-channel mean of an ONNX model")
+    parser.add_argument("--std", type=_floats, help="per-channel std of an ONNX model")
     parser.add_argument("--num-samples", type=int, default=32)
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=2, help="runs of alpha-CROWN")

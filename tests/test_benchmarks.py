@@ -37,11 +37,16 @@ def _run_benchmark(script: str, *args: str) -> str:
 def test_train_speed_prints_ratio_phases_and_floor(shared_data: Path) -> None:
     out = _run_benchmark(
         "train_speed.py", "--data-dir", str(shared_data),
-        "--num-train", "256", "--batch-size", "64", "--repeats", "1",
+        "--num-train", "256", "--batch-size", "64", "--repeats", "1", "--methods", "mtl-ibp,sabr",
     )  # fmt: skip
     assert "cnn_4layer on 256 mnist images, batch 64" in out
     # A fast step runs three passes of every layer against one: well above 1.5x.
-    assert _figure(r"ratio: ([\d.]+)x", out) > 1.5
+    assert _figure(r"ratio of fast: ([\d.]+)x", out) > 1.5
+    # The methods with an attack spend time in it, and fast none.
+    for method in ("mtl-ibp", "sabr"):
+        assert _figure(rf"(?m)^  {method}\s.*?\s([\d.]+)x\s+[\d.]+x$", out) > 1.0
+        assert _figure(rf"(?m)^  {method}\s+([\d.]+)\s+[\d.]+\s+[\d.]+\s+[\d.]+", out) > 0
+    assert _figure(r"(?m)^  fast\s+([\d.]+)\s+[\d.]+\s+[\d.]+\s+[\d.]+", out) == 0
     assert _figure(r"fast / clean\s+([\d.]+)x", out) > 1.5  # the forward
     assert _figure(r"fast / clean\s+[\d.]+x\s+([\d.]+)x", out) > 1.5  # the backward
     # Three clean passes plus one optimizer step, over one clean step: between 2 and 3
@@ -50,22 +55,26 @@ def test_train_speed_prints_ratio_phases_and_floor(shared_data: Path) -> None:
 
 
 @pytest.mark.slow
-def test_short_warmup_trains_both_methods_on_real_cifar(shared_data: Path) -> None:
+def test_short_warmup_trains_the_methods_on_real_cifar(shared_data: Path) -> None:
     out = _run_benchmark(
         "short_warmup.py", "--data-dir", str(shared_data), "--dataset", "cifar",
         "--eps", "2/255", "--num-train", "800", "--epochs", "2", "--warmup", "1",
-        "--milestones", "--threads", "1",
+        "--milestones", "--threads", "1", "--methods", "fast,vanilla,cc-ibp",
+        "--test-samples", "60", "--pgd-steps", "10",
     )  # fmt: skip
     assert "cifar 300 train / 500 val" in out
     assert "test: 846 images at eps 0.00784314" in out
-    for method in ("fast", "vanilla"):
-        row = re.search(rf"^{method}\s+(\d+)\s+([\d.]+)%\s+([\d.]+)%\s+([\d.]+)%", out, re.M)
+    for method in ("fast", "vanilla", "cc-ibp"):
+        number = r"\s+([\d.]+)%"
+        row = re.search(rf"^{method}\s+(\d+){number * 6}", out, re.M)
         assert row, f"no {method} row in:\n{out}"
         best_epoch, *errors = row.groups()
         assert best_epoch in ("1", "2")
-        # Verified error can never be below clean error: a verified image is classified right.
-        val_verified, clean, verified = map(float, errors)
-        assert 0 <= clean <= verified <= 100 and 0 <= val_verified <= 100
+        val_verified, clean, ibp_all, pgd, ibp, crown = map(float, errors)
+        # Verified error can never be below PGD error, nor PGD error below clean error
+        # (the PGD and bound errors are on the first 60 test images, the others on all).
+        assert 0 <= clean <= ibp_all <= 100 and 0 <= val_verified <= 100
+        assert pgd <= ibp <= 100 and pgd <= crown <= 100
 
 
 @pytest.mark.slow

@@ -200,6 +200,23 @@ TRAIN_CASES = {
         ["--scheduler_opts", "start=2", "--dir", "r1"], 2, "lacks length"
     ),
     "batch of one image": (["--batch-size", "1", "--out-dir", "r1"], 2, "at least 2"),
+    "attack setting of a method without attack": (
+        ["--ibp-coef", "0.5", "--out-dir", "r1"], 2, "--ibp-coef"
+    ),
+    "ibp coefficient above 1": (
+        ["--method", "cc-ibp", "--ibp-coef", "1.5", "--out-dir", "r1"], 2, "must be in [0, 1]"
+    ),
+    "taps on a network it cannot split": (
+        ["--method", "taps", "--arch", "wide_resnet_8", "--out-dir", "r1"], 2,
+        "split a Sequential network",
+    ),
+    "taps head as large as the network": (
+        ["--method", "taps", "--taps-head-layers", "11", "--out-dir", "r1"], 2,
+        "--taps-head-layers",
+    ),
+    "no attack step": (
+        ["--method", "mtl-ibp", "--attack-steps", "0", "--out-dir", "r1"], 2, "--attack-steps"
+    ),
 }  # fmt: skip
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 from certify.cli import cli
 from certify.core.errors import UsageError
 from reports.plots import plot_runs
-from reports.training_log import COLUMNS, LOG_NAME, write_log
+from reports.training_log import COLUMNS, LOG_NAME, EpochRow, write_log
 
 
 def _make_run(folder: Path, epochs: int = 6, regularized: bool = True, shift: float = 0.0) -> Path:
@@ -24,7 +24,7 @@ def _make_run(folder: Path, epochs: int = 6, regularized: bool = True, shift: fl
     rows = []
     for epoch in range(1, epochs + 1):
         warm = epoch <= 3
-        row = dict.fromkeys(COLUMNS, "")
+        row = dict.fromkeys(COLUMNS, None)
         row |= {
             "epoch": epoch,
             "eps": min(1.0, epoch / 3) * 0.1,
@@ -33,8 +33,8 @@ def _make_run(folder: Path, epochs: int = 6, regularized: bool = True, shift: fl
             "loss": 2.0 * math.exp(-epoch / 3) + shift,
             "clean_ce": 0.5,
             "robust_ce": 1.0,
-            "reg_tightness": 0.9 - 0.1 * epoch if regularized and warm else "",
-            "reg_relu": 0.05 * epoch if regularized and warm else "",
+            "reg_tightness": 0.9 - 0.1 * epoch if regularized and warm else None,
+            "reg_relu": 0.05 * epoch if regularized and warm else None,
             "train_clean_err": 0.3 / epoch + shift,
             "train_verified_err": 0.8 / epoch + shift,
             "val_clean_err": 0.35 / epoch + shift,
@@ -43,9 +43,9 @@ def _make_run(folder: Path, epochs: int = 6, regularized: bool = True, shift: fl
             "inactive": 0.4 - 0.01 * epoch,
             "epoch_seconds": 1.0,
             "val_seconds": 0.1,
-            "best": int(not warm),
+            "best": not warm,
         }
-        rows.append(row)
+        rows.append(EpochRow(**row))
     write_log(folder / LOG_NAME, rows)
     return folder
 

@@ -21,7 +21,7 @@ from certify.cli import cli
 from certify.commands.seed_flags import SEED_ONLY
 from certify.commands.train_command import config_from_args, train_command
 from certify.core.errors import UsageError
-from training.loop import Method
+from training.methods import Method
 from training.presets import resolve_config
 from training.schedulers import ScheduleKind, parse_scheduler_opts
 from training.seed_config import read_seed_config

@@ -399,3 +399,19 @@ def test_interval_batch_norm_gradient_matches_autograd(affine: bool, shape: tupl
         _reference_batch_norm(x, center, radius, weight, bias, 1e-5)[2].sum(), (x,)
     )
     assert torch.allclose(g, g_ref, rtol=1e-9, atol=1e-10)
+
+
+def test_selection_takes_the_lowest_verified_then_clean_error_at_eps_max() -> None:
+    from training.selection import Best, is_candidate, select
+
+    assert not is_candidate(0.05, 0.1) and is_candidate(0.1, 0.1)
+    best = Best()
+    assert select(best, 3, False, (0.1, 0.1)) is None  # still in the ramp
+    best = select(best, 4, True, (0.5, 0.2))
+    assert best == Best(4, 0.5, 0.2)
+    assert select(best, 5, True, (0.5, 0.3)) is None  # same verified, worse clean
+    assert select(best, 6, True, (0.5, 0.1)) == Best(6, 0.5, 0.1)
+    assert select(best, 7, True, (0.6, 0.0)) is None
+    # Without a validation split every epoch at eps_max wins: the last one stays.
+    chosen = select(Best(4, float("nan"), float("nan")), 8, True, None)
+    assert chosen is not None and chosen.epoch == 8

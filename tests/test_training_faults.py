@@ -19,22 +19,26 @@ from certify.cli import cli
 from model_zoo.checkpoint import read_checkpoint
 
 
-def _train_args(shared_data: Path, out: Path, epochs: int) -> list[str]:
+def _train_args(shared_data: Path, out: Path, epochs: int, method: str = "fast") -> list[str]:
     return [
         "train", "--dataset", "mnist", "--data-dir", str(shared_data), "--out-dir", str(out),
         "--eps", "0.1", "--epochs", str(epochs), "--batch-size", "20", "--num-train", "1200",
         "--val-size", "100", "--schedule-length", "2", "--no-final-eval", "--device", "cpu",
-        "--seed", "3", "--threads", "1",
+        "--seed", "3", "--threads", "1", "--method", method,
     ]  # fmt: skip
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_uninterrupted_result(shared_data: Path, tmp_path: Path) -> None:
-    straight = CliRunner().invoke(cli, _train_args(shared_data, tmp_path / "a", 3))
+# mtl-ibp: the attack's random starts must be drawn again as they were.
+@pytest.mark.parametrize("method", ["fast", "mtl-ibp"])
+def test_killed_run_resumes_to_the_uninterrupted_result(
+    shared_data: Path, tmp_path: Path, method: str
+) -> None:
+    straight = CliRunner().invoke(cli, _train_args(shared_data, tmp_path / "a", 3, method))
     assert straight.exit_code == 0, straight.output
 
     killed = tmp_path / "b"
-    cmd = [sys.executable, "-m", "certify", *_train_args(shared_data, killed, 3)]
+    cmd = [sys.executable, "-m", "certify", *_train_args(shared_data, killed, 3, method)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while not (killed / "last.pth").exists():  # epoch 1 is complete, epoch 2 running

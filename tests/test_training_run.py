@@ -25,8 +25,9 @@ from reports.training_log import COLUMNS
 from training.config import TrainConfig
 from training.data import Augmentation, Split, augment_batch, batches, split_validation
 from training.init import ibp_init
-from training.loop import Method, StepConfig, train_epoch
+from training.loop import StepConfig, train_epoch
 from training.losses import robust_cross_entropy
+from training.methods import Method
 from training.presets import preset_values, resolve_config
 from training.regularizers import warmup_regularizers
 from training.run import lr_at, train

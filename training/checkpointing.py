@@ -20,21 +20,10 @@ from torch import nn
 
 from certify.core.errors import CheckpointError
 from model_zoo.checkpoint import read_checkpoint, save_checkpoint
+from training.selection import Best
 
 LAST = "last.pth"
 BEST = "best.pth"
-
-
-@dataclass
-class Best:
-    """The selected epoch: lowest validation verified error (then clean error)."""
-
-    epoch: int = 0
-    val_verified_err: float = float("inf")
-    val_clean_err: float = float("inf")
-
-    def improved_by(self, verified: float, clean: float) -> bool:
-        return (verified, clean) < (self.val_verified_err, self.val_clean_err)
 
 
 @dataclass

@@ -15,7 +15,9 @@ from certify.core.choices import parse_choice
 from certify.core.datasets import get_spec, parse_dataset
 from certify.core.errors import UsageError
 from model_zoo.registry import canonical_name
-from training.loop import Method
+from training.methods import Method
+from training.objective import AttackObjective
+from training.objectives import ENTRIES, OPTIONS, objective_from, published_objective
 from training.schedulers import ScheduleKind, parse_schedule_kind
 
 # Settings a resumed run may change without changing the experiment.
@@ -62,6 +64,17 @@ class TrainConfig:
     test_samples: int | None = None
     results_csv: Path | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
+    # Options of the methods with an attack (training.objectives): None takes the
+    # paper's value for the data set and eps when the configuration is built.
+    ibp_coef: float | None = None
+    sabr_ratio: float | None = None
+    taps_grad_scale: float | None = None
+    taps_head_layers: int | None = None
+    taps_steps: int | None = None
+    attack_steps: int | None = None
+    attack_step_size: float | None = None
+    attack_restarts: int | None = None
+    attack_eps_factor: float | None = None
 
     def __post_init__(self) -> None:
         self._convert_types()
@@ -95,6 +108,34 @@ class TrainConfig:
         for name, ok, reason in checks:
             if not ok:
                 raise UsageError(f"{getattr(self, name)!r}: {reason}", param=name)
+        self._resolve_attack()
+
+    def _resolve_attack(self) -> None:
+        """A method with an attack takes the paper's options for the data set and eps
+        where none is given, so that the run stores what it trains with; an option
+        the method does not take is refused."""
+        entry = ENTRIES.get(self.method)
+        takes = entry.options if entry is not None else ()
+        for name in OPTIONS:
+            value = getattr(self, name)
+            if value is not None and name not in takes:
+                users = ", ".join(m.value for m, e in ENTRIES.items() if name in e.options)
+                raise UsageError(
+                    f"{value!r}: only {users} take it, not {self.method.value}", param=name
+                )
+        paper = published_objective(self.method, parse_dataset(self.dataset), self.eps)
+        if paper is None:
+            return
+        for name, value in paper.settings().items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)  # the dataclass is frozen
+        self.objective()  # checks the values
+
+    def objective(self) -> AttackObjective | None:
+        """The loss of a method with an attack, with this run's options; None for the
+        other methods."""
+        values = {name: getattr(self, name) for name in OPTIONS}
+        return objective_from(self.method, values, parse_dataset(self.dataset), self.eps)
 
     def _convert_types(self) -> None:
         """Plain values (strings for paths and enums, lists for tuples) as the fields' types,

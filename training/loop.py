@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 import torch
 import torch.distributed as dist
@@ -27,6 +26,7 @@ from torch import Tensor, nn
 from certify.bounds.bounder import TrainingBounder
 from certify.bounds.interval import IntervalNetwork
 from certify.bounds.margins import margin_matrix
+from certify.bounds.training_bounders import IBPBounder
 from certify.core.errors import TrainingDivergedError
 from certify.core.shard import SINGLE, Shard
 from training.losses import (
@@ -35,14 +35,10 @@ from training.losses import (
     robust_cross_entropy,
     verified_errors,
 )
+from training.methods import Method
+from training.objective import AttackObjective
 from training.regularizers import regularizer_weight, relu_states, warmup_regularizers
 from training.schedulers import EpsSchedule
-
-
-class Method(StrEnum):
-    FAST = "fast"
-    VANILLA = "vanilla"
-    CROWN_IBP = "crown-ibp"
 
 
 @dataclass(frozen=True)
@@ -55,6 +51,10 @@ class StepConfig:
     min_reg_eps: float = 1e-6
     grad_clip: float = 10.0
     grad_acc_steps: int = 1
+    # The loss of a method with an attack (training.objectives).
+    objective: AttackObjective | None = None
+    # Seeds the attacks' random starts (one seed per image of each batch).
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -113,24 +113,26 @@ def train_epoch(
     bounder.train(True)
     meter = Meter()
     eps = 0.0
-    regularize = config.method is Method.FAST and epoch <= schedule.last_warmup_epoch
+    regularize = config.method.builds_on_fast and epoch <= schedule.last_warmup_epoch
     params = [p for p in model.parameters() if p.requires_grad]
     for index, (x, y) in enumerate(batches):
         eps = schedule.eps(epoch, index)
         optimizer.zero_grad(set_to_none=True)
         total = len(y)
         lo, hi = shard.bounds(total)
+        seeds = _sample_seeds(config.seed, epoch, index, total)[lo:hi]
         x, y = x[lo:hi].to(device), y[lo:hi].to(device)
         chunks = zip(
             x.tensor_split(config.grad_acc_steps),
             y.tensor_split(config.grad_acc_steps),
+            seeds.tensor_split(config.grad_acc_steps),
             strict=True,
         )
         loss_sum = 0.0
-        for xc, yc in chunks:
+        for xc, yc, sc in chunks:
             if len(yc) == 0:
                 continue
-            loss = chunk_loss(model, bounder, xc, yc, eps, regularize, config, meter)
+            loss = chunk_loss(model, bounder, xc, yc, eps, regularize, config, meter, sc)
             if shard.world_size == 1:
                 _check_finite("the loss", loss, epoch, index)
             (loss * len(yc) / total).backward()
@@ -148,6 +150,13 @@ def train_epoch(
     if shard.world_size > 1:
         meter = _merge_meters(meter, shard)
     return EpochStats(epoch, eps, meter, time.perf_counter() - start)
+
+
+def _sample_seeds(seed: int, epoch: int, index: int, total: int) -> Tensor:
+    """One seed per image of a global batch, for the random starts of the attacks: the
+    same whichever process or chunk takes the image, and in a resumed run."""
+    base = ((seed * 1_000_003 + epoch) * 1_000_003 + index) * 4_099
+    return (base + torch.arange(total, dtype=torch.int64)) % 2**62
 
 
 def _all_reduce_gradients(params: list[nn.Parameter], loss_sum: float) -> float:
@@ -196,10 +205,13 @@ def chunk_loss(
     regularize: bool,
     config: StepConfig,
     meter: Meter,
+    seeds: Tensor | None = None,
 ) -> Tensor:
     """The training loss of one chunk of a batch at ``eps`` (clean cross-entropy at
     eps = 0 without regularizers, else from the bounder's bounds, plus the warmup
-    regularizers when ``regularize``); adds the chunk's statistics to ``meter``."""
+    regularizers when ``regularize``); adds the chunk's statistics to ``meter``.
+    ``seeds``, one per image, seed the random starts of the methods with an attack
+    (by default the images' positions in the chunk)."""
     n = len(y)
     if eps <= 0 and not regularize:
         logits = model(x)
@@ -209,16 +221,28 @@ def chunk_loss(
         meter.add("loss", loss.item(), n)
         return loss
     bound_eps = eps if eps > 0 else config.min_reg_eps
-    result = bounder.bounds(x, bound_eps, margin_matrix(y, config.num_classes))
-    clean_ce = clean_cross_entropy(result.logits, y)
-    meter.add("clean_ce", clean_ce.item(), n)
-    meter.add("clean_err", float(clean_errors(result.logits, y).float().mean()), n)
-    if eps > 0:
-        loss = robust_cross_entropy(result.lower)
-        meter.add("robust_ce", loss.item(), n)
-        meter.add("verified_err", float(verified_errors(result.lower).float().mean()), n)
+    spec = margin_matrix(y, config.num_classes)
+    if eps > 0 and config.objective is not None:
+        if not isinstance(bounder, IBPBounder):
+            raise TypeError(f"{config.method} takes IBP bounds")
+        if seeds is None:
+            seeds = torch.arange(n, dtype=torch.int64)
+        terms = config.objective.terms(model, bounder, x, y, eps, spec, seeds, regularize)
+        loss, result, clean_logits = terms.loss, terms.result, terms.clean_logits
+        for name, value in terms.stats.items():
+            meter.add(name, value, n)
     else:
-        loss = clean_ce
+        result = bounder.bounds(x, bound_eps, spec)
+        clean_logits = result.logits
+        if eps > 0:
+            loss = robust_cross_entropy(result.lower)
+            meter.add("robust_ce", loss.item(), n)
+            meter.add("verified_err", float(verified_errors(result.lower).float().mean()), n)
+        else:
+            loss = clean_cross_entropy(clean_logits, y)
+    clean_ce = clean_cross_entropy(clean_logits, y)
+    meter.add("clean_ce", clean_ce.item(), n)
+    meter.add("clean_err", float(clean_errors(clean_logits, y).float().mean()), n)
     active, inactive = relu_states(result.pre_relu)
     meter.add("active", active, n)
     meter.add("inactive", inactive, n)

@@ -37,15 +37,13 @@ from certify.evaluation.images import ProgressFn
 from certify.pipeline.evaluate import evaluate
 from certify.pipeline.result import EvalResult
 from model_zoo import create_model
-from model_zoo.checkpoint import read_checkpoint
 from model_zoo.normalization import NormalizedModel
 from model_zoo.registry import canonical_name
 from reports.eval_csv import check_result_files
-from reports.training_log import LOG_NAME, read_log, rows_up_to, write_log
+from reports.training_log import LOG_NAME, EpochRow, read_log, rows_up_to, write_log
 from training.checkpointing import (
     BEST,
     LAST,
-    Best,
     TrainingState,
     load_training_checkpoint,
     save_training_checkpoint,
@@ -56,13 +54,15 @@ from training.init import InitReport, ibp_init
 from training.loop import (
     BatchCallback,
     EpochStats,
-    Method,
     SplitStats,
     StepConfig,
     evaluate_split,
     train_epoch,
 )
+from training.methods import Method
+from training.objective import AttackObjective
 from training.schedulers import EpsSchedule
+from training.selection import Best, SelectedWeights, is_candidate, select
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class RunInfo:
 class TrainCallbacks:
     on_start: Callable[[RunInfo], None] | None = None
     on_batch: BatchCallback | None = None
-    on_epoch: Callable[[dict[str, Any]], None] | None = None
+    on_epoch: Callable[[EpochRow], None] | None = None
     on_eval: ProgressFn | None = None
 
 
@@ -94,7 +94,7 @@ class TrainResult:
     best_path: Path
     log_path: Path
     best: Best
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[EpochRow] = field(default_factory=list)
     evaluation: EvalResult | None = None  # when the final evaluation ran, on rank 0
     results_path: Path | None = None  # where its rows were appended
     seconds: float = 0.0
@@ -145,8 +145,12 @@ def _train(
             param="batch_size",
         )
     train_split, val_split = _load_data(config)
-    # Before the run folder: the architecture and its options must build.
+    # Before the run folder: the architecture and its options must build, and the
+    # method must be able to train it.
     model = _new_model(config)
+    objective = config.objective()
+    if objective is not None:
+        objective.check(model)
     # Every process takes its shard of the final evaluation; rank 0 writes the results.
     if config.final_eval:
         _check_eval_methods(config)
@@ -161,7 +165,7 @@ def _train(
     if check_results and in_new_dir:
         _check_results_file(config, out_dir)
     start = _start(config, out_dir, device, model)
-    runner = _EpochRunner(config, start, device, train_split, shard)
+    runner = _EpochRunner(config, start, device, train_split, shard, objective)
     if callbacks.on_start:
         callbacks.on_start(
             RunInfo(len(train_split), len(val_split), start.first_epoch, config.epochs,
@@ -172,19 +176,17 @@ def _train(
     rows = rows_up_to(read_log(log_path), start.first_epoch - 1)
     best = start.best
     # The network's weights at the best epoch, kept for the final evaluation.
-    selected = _Selected()
+    selected = SelectedWeights()
     for epoch in range(start.first_epoch, config.epochs + 1):
         stats = runner.run(epoch, callbacks.on_batch)
         if not shard.is_main:
             continue  # the next epoch's first gradient sum waits for rank 0
         val = runner.validate(val_split)
-        is_best = _is_candidate(runner.schedule, epoch, config) and (
-            val is None or best.improved_by(val.verified_err, val.clean_err)
-        )
-        if is_best:
-            # Without a validation split the last epoch at eps_max is the selected one.
-            errors = (val.verified_err, val.clean_err) if val else (float("nan"),) * 2
-            best = Best(epoch, *errors)
+        candidate = is_candidate(runner.schedule.eps_after(epoch), config.eps)
+        chosen = select(best, epoch, candidate, (val.verified_err, val.clean_err) if val else None)
+        is_best = chosen is not None
+        if chosen is not None:
+            best = chosen
             selected.keep(epoch, start.model)
         rows.append(_row(config, epoch, stats, val, is_best))
         write_log(log_path, rows)
@@ -201,7 +203,9 @@ def _train(
         dist.barrier()
     if config.final_eval:
         last_epoch = max(start.first_epoch - 1, config.epochs)
-        model = selected.model(config, out_dir, best, start.model, last_epoch, shard)
+        model = selected.model(
+            lambda: build_model(config), out_dir / BEST, best, start.model, last_epoch, shard
+        )
         result.evaluation = _final_evaluation(config, out_dir, model, device, callbacks.on_eval)
         result.results_path = _results_file(config, out_dir)
         if shard.world_size > 1:
@@ -241,7 +245,7 @@ def _start(
     resumed = _resume_state(config, out_dir, model, optimizer, generator, device)
     if resumed is not None:
         return _Start(model, optimizer, generator, resumed.epoch + 1, resumed.best, True, None)
-    init = ibp_init(model) if config.method is Method.FAST else None
+    init = ibp_init(model) if config.method.builds_on_fast else None
     model.to(device)
     return _Start(model, optimizer, generator, 1, Best(), False, init)
 
@@ -256,6 +260,7 @@ class _EpochRunner:
         device: torch.device,
         train_split: Split,
         shard: Shard = SINGLE,
+        objective: AttackObjective | None = None,
     ) -> None:
         self.config, self.device, self.train_split = config, device, train_split
         self.shard = shard
@@ -279,6 +284,8 @@ class _EpochRunner:
             min_reg_eps=config.min_reg_eps,
             grad_clip=config.grad_clip,
             grad_acc_steps=config.grad_acc_steps,
+            objective=objective,
+            seed=config.seed,
         )
 
     def run(self, epoch: int, on_batch: BatchCallback | None) -> EpochStats:
@@ -325,12 +332,6 @@ def _schedule(config: TrainConfig, num_train: int) -> EpsSchedule:
         epoch_length=epoch_length(num_train, config.batch_size),
         kind=config.schedule,
     )
-
-
-def _is_candidate(schedule: EpsSchedule, epoch: int, config: TrainConfig) -> bool:
-    # Only epochs trained up to eps_max compete, as in the seed: earlier ones can have a
-    # low clean error and a meaningless verified error.
-    return schedule.eps_after(epoch) >= config.eps
 
 
 def _load_data(config: TrainConfig) -> tuple[Split, Split]:
@@ -435,28 +436,30 @@ def _ensure_best(config: TrainConfig, out_dir: Path, best: Best) -> Best:
 
 def _row(
     config: TrainConfig, epoch: int, stats: EpochStats, val: SplitStats | None, is_best: bool
-) -> dict[str, Any]:
+) -> EpochRow:
     m = stats.meter
-    return {
-        "epoch": epoch,
-        "eps": stats.eps,
-        "eps_max": config.eps,
-        "lr": lr_at(config, epoch),
-        "loss": m.mean("loss"),
-        "clean_ce": m.mean("clean_ce"),
-        "robust_ce": m.mean("robust_ce"),
-        "reg_tightness": m.mean("reg_tightness"),
-        "reg_relu": m.mean("reg_relu"),
-        "train_clean_err": m.mean("clean_err"),
-        "train_verified_err": m.mean("verified_err"),
-        "val_clean_err": val.clean_err if val else None,
-        "val_verified_err": val.verified_err if val else None,
-        "active": m.mean("active"),
-        "inactive": m.mean("inactive"),
-        "epoch_seconds": stats.seconds,
-        "val_seconds": val.seconds if val else None,
-        "best": int(is_best),
-    }
+    return EpochRow(
+        epoch=epoch,
+        eps=stats.eps,
+        eps_max=config.eps,
+        lr=lr_at(config, epoch),
+        loss=m.mean("loss"),
+        clean_ce=m.mean("clean_ce"),
+        robust_ce=m.mean("robust_ce"),
+        reg_tightness=m.mean("reg_tightness"),
+        reg_relu=m.mean("reg_relu"),
+        train_clean_err=m.mean("clean_err"),
+        train_verified_err=m.mean("verified_err"),
+        # The error at the training attack's points (the methods with an attack).
+        train_adv_err=m.mean("adv_err"),
+        val_clean_err=val.clean_err if val else None,
+        val_verified_err=val.verified_err if val else None,
+        active=m.mean("active"),
+        inactive=m.mean("inactive"),
+        epoch_seconds=stats.seconds,
+        val_seconds=val.seconds if val else None,
+        best=is_best,
+    )
 
 
 def _results_file(config: TrainConfig, out_dir: Path) -> Path:
@@ -477,44 +480,6 @@ def _check_results_file(config: TrainConfig, out_dir: Path) -> None:
         check_result_files(_results_file(config, out_dir), None)
     except UsageError as exc:
         raise UsageError(exc.reason, param="results_csv") from None
-
-
-class _Selected:
-    """The weights of the selected (best) epoch's network, on the CPU."""
-
-    def __init__(self) -> None:
-        self.epoch = 0
-        self.weights: dict[str, torch.Tensor] | None = None
-
-    def keep(self, epoch: int, model: NormalizedModel) -> None:
-        self.epoch = epoch
-        self.weights = {k: v.detach().cpu().clone() for k, v in model.model.state_dict().items()}
-
-    def model(
-        self,
-        config: TrainConfig,
-        out_dir: Path,
-        best: Best,
-        current: NormalizedModel,
-        last_epoch: int,
-        shard: Shard,
-    ) -> NormalizedModel:
-        """The selected model, in memory in every process: rank 0 knows which epoch won."""
-        weights = None
-        if shard.is_main:
-            if self.weights is not None and best.epoch == self.epoch:
-                weights = self.weights
-            elif best.epoch == last_epoch:  # the model in memory is the last epoch's
-                weights = {k: v.detach().cpu() for k, v in current.model.state_dict().items()}
-            else:  # selected before this run was resumed
-                weights = read_checkpoint(out_dir / BEST)["state_dict"]
-        if shard.world_size > 1:
-            box = [weights]
-            dist.broadcast_object_list(box, src=0)
-            weights = box[0]
-        model = build_model(config)
-        model.model.load_state_dict(weights)
-        return model
 
 
 def _final_evaluation(

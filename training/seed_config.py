@@ -27,7 +27,7 @@ from typing import Any
 from certify.core.datasets import Dataset, parse_dataset
 from certify.core.errors import CertifyError, UsageError
 from model_zoo.registry import canonical_name
-from training.loop import Method
+from training.methods import Method
 from training.schedulers import parse_schedule_kind, parse_scheduler_opts
 
 # The seed's data pipeline hard-codes its augmentation per data set: (padding of the

@@ -136,8 +136,24 @@ class IntervalNetwork:
 
         ``spec`` (N x M x K) asks for bounds of ``spec @ logits`` instead of the logits.
         """
-        box = Bounds.from_box(x, (x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0))
-        return _Run(self.model, spec, self._final_linear).execute(self.graph, box)
+        return self.box_bounds(x, (x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0), spec)
+
+    def box_bounds(
+        self,
+        points: Tensor,
+        lower: Tensor,
+        upper: Tensor,
+        spec: Tensor | None = None,
+        update_running: bool = True,
+    ) -> IntervalResult:
+        """Logits at ``points`` and IBP bounds over the box ``[lower, upper]`` (taken as
+        given). In train mode BatchNorm normalizes both with the statistics of
+        ``points``, which need not lie in the box (a training loss may want the
+        statistics of another batch than the box's centres), and updates its running
+        statistics with them unless not ``update_running``."""
+        box = Bounds.from_box(points, lower, upper)
+        run = _Run(self.model, spec, self._final_linear, update_running=update_running)
+        return run.execute(self.graph, box)
 
     @torch.no_grad()
     def bounds_only(
@@ -173,8 +189,10 @@ class _Run:
         spec: Tensor | None,
         final: fx.Node | None,
         abs_weights: dict[int, tuple[Tensor, int, Tensor]] | None = None,
+        update_running: bool = True,
     ) -> None:
         self.model = model
+        self.update_running = update_running
         self.spec = spec
         self.final = final
         # A bounds-only run (no clean values, no gradient) is the one that caches |W|.
@@ -264,7 +282,7 @@ class _Run:
         if isinstance(module, nn.Linear):
             return affine(v, F.linear, module.weight, module.bias, self._abs(module.weight))
         if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
-            return batch_norm(module, v)
+            return batch_norm(module, v, self.update_running)
         if isinstance(module, Normalize):
             out = normalize(module, v)
             if self.input_bounds is None:

@@ -78,7 +78,12 @@ def normalize(module: Normalize, v: Bounds) -> Bounds:
     return Bounds(maybe(module, v.x), module(v.center), v.radius / module.std)
 
 
-def batch_norm(module: nn.modules.batchnorm._BatchNorm, v: Bounds) -> Bounds:
+def batch_norm(
+    module: nn.modules.batchnorm._BatchNorm, v: Bounds, update_running: bool = True
+) -> Bounds:
+    """BatchNorm of an interval: in train mode with the statistics of the clean values
+    ``v.x`` (updating the running ones unless not ``update_running``), else with the
+    running statistics."""
     x = v.x
     shape = (1, -1) + (1,) * (v.center.ndim - 2)
     if module.training or module.running_mean is None:
@@ -87,7 +92,7 @@ def batch_norm(module: nn.modules.batchnorm._BatchNorm, v: Bounds) -> Bounds:
         x, center, radius, mean, var = IntervalBatchNorm.apply(
             x, v.center, v.radius, module.weight, module.bias, module.eps
         )
-        if module.training and module.track_running_stats:
+        if module.training and module.track_running_stats and update_running:
             update_running_stats(module, mean, var, x.numel() // mean.numel())
         return Bounds(x, center, radius)
     scale = torch.rsqrt(module.running_var + module.eps)

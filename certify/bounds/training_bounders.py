@@ -29,6 +29,20 @@ class IBPBounder:
     def bounds(self, x: Tensor, eps: float, spec: Tensor) -> IntervalResult:
         return self.network(x, eps, spec)
 
+    def bounds_at(
+        self,
+        points: Tensor,
+        lower: Tensor,
+        upper: Tensor,
+        spec: Tensor,
+        update_running: bool = True,
+    ) -> IntervalResult:
+        """Logits at ``points`` and IBP bounds over the box ``[lower, upper]``, BatchNorm
+        in train mode normalizing both with the statistics of ``points`` (a training
+        loss may take another batch's statistics than the box's centres'), and moving
+        its running statistics with them unless not ``update_running``."""
+        return self.network.box_bounds(points, lower, upper, spec, update_running)
+
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -27,15 +27,21 @@ from certify.commands.seed_flags import hidden_names, seed_only_options
 from certify.core.datasets import Dataset
 from certify.core.errors import SoundnessError
 from training.config import TrainConfig
-from training.loop import Method
+from training.methods import Method
 from training.presets import PRESETS
+
+if TYPE_CHECKING:
+    from reports.training_log import EpochRow
 
 # The seed's default run folder: its TinyImageNet command names none.
 DEFAULT_OUT_DIR = "model"
 
 _METHOD_HELP = (
     "fast: IBP initialization + warmup regularizers; vanilla: plain IBP; "
-    "crown-ibp: CROWN-IBP/IBP mix. [default: fast]"
+    "crown-ibp: CROWN-IBP/IBP mix; mtl-ibp, cc-ibp, exp-ibp: an attack and IBP mixed; "
+    "sabr: IBP over a small box around an attack's point; taps, staps: IBP to the "
+    "features, PGD through the head (all of these on fast's initialization and "
+    "regularizers). [default: fast]"
 )
 
 
@@ -172,6 +178,45 @@ class _TrainCommand(CertifyCommand):
     "min_reg_eps",
     type=float,
     help="eps of the regularizers' bounds while the schedule is at 0. [default: 1e-6]",
+)
+@click.option(
+    "--ibp-coef",
+    type=float,
+    help="mtl-ibp, cc-ibp, exp-ibp: weight of IBP's term, in [0, 1] (default: the paper's).",
+)
+@click.option(
+    "--sabr-ratio",
+    type=float,
+    help="sabr, staps: the small box's radius as a fraction of eps's (default: the paper's).",
+)
+@click.option(
+    "--taps-grad-scale",
+    type=float,
+    help="taps, staps: the factor on the gradient of TAPS's term (default: the paper's).",
+)
+@click.option(
+    "--taps-head-layers",
+    type=int,
+    help="taps, staps: the network's last layers that form the head (default: the paper's).",
+)
+@click.option(
+    "--taps-steps", type=int, help="taps, staps: PGD steps in the feature box (default: 20)."
+)
+@click.option(
+    "--attack-steps", type=int, help="PGD steps of the training attack (default: the paper's)."
+)
+@click.option(
+    "--attack-step-size",
+    type=float,
+    help="PGD step as a fraction of the attack box's half-width (default: the paper's).",
+)
+@click.option(
+    "--attack-restarts", type=int, help="Random starts of the training attack. [default: 1]"
+)
+@click.option(
+    "--attack-eps-factor",
+    type=float,
+    help="mtl-ibp, cc-ibp, exp-ibp: the attack searches eps times this (default: the paper's).",
 )
 @click.option("--crop-padding", type=int, help="Random crop after edge padding (0: none).")
 @click.option("--flip/--no-flip", default=None, help="Random horizontal flips.")
@@ -333,9 +378,9 @@ def _progress(console: Console) -> Iterator[Any]:
             status = f"eps {p.eps:.5f}  loss {p.loss:.4f}"
             bar.update(tasks[p.epoch], advance=1, status=status)
 
-        def on_epoch(row: dict[str, Any]) -> None:
-            if row["epoch"] in tasks:
-                bar.remove_task(tasks.pop(row["epoch"]))
+        def on_epoch(row: EpochRow) -> None:
+            if row.epoch in tasks:
+                bar.remove_task(tasks.pop(row.epoch))
             console.print(_epoch_line(row))
 
         def on_eval(stage: str, done: int, total: int) -> None:
@@ -346,15 +391,14 @@ def _progress(console: Console) -> Iterator[Any]:
         yield TrainCallbacks(on_start, on_batch, on_epoch, on_eval)
 
 
-def _epoch_line(row: dict[str, Any]) -> str:
-    def fmt(key: str) -> str:
-        value = row.get(key)
+def _epoch_line(row: EpochRow) -> str:
+    def fmt(value: float | None) -> str:
         return "-" if value is None else f"{value:.4f}"
 
-    star = " *" if row.get("best") else ""
+    star = " *" if row.best else ""
     return (
-        f"epoch {row['epoch']:>3}  eps {row['eps']:.5f}  lr {row['lr']:.2e}  "
-        f"loss {fmt('loss')}  train err {fmt('train_clean_err')}/{fmt('train_verified_err')}  "
-        f"val err {fmt('val_clean_err')}/{fmt('val_verified_err')}  "
-        f"{row['epoch_seconds']:.1f}s{star}"
+        f"epoch {row.epoch:>3}  eps {row.eps:.5f}  lr {row.lr:.2e}  loss {fmt(row.loss)}  "
+        f"train err {fmt(row.train_clean_err)}/{fmt(row.train_verified_err)}  "
+        f"val err {fmt(row.val_clean_err)}/{fmt(row.val_verified_err)}  "
+        f"{row.epoch_seconds:.1f}s{star}"
     )
