@@ -61,6 +61,8 @@ def _run(args: argparse.Namespace, method: Method, out_dir: Path) -> dict[str, f
         device="cpu",
         threads=args.threads,
         final_eval=False,
+        # The papers' head for CNN7 at 2/255 (17 layers) does not fit a small network.
+        taps_head_layers=args.taps_head_layers if method.value in ("taps", "staps") else None,
     )
     result = train(config)
     model = load_checkpoint(result.best_path).model
@@ -107,6 +109,9 @@ def main() -> None:
     )
     parser.add_argument("--test-samples", type=int, help="test images (default: all)")
     parser.add_argument("--pgd-steps", type=int, default=100)
+    parser.add_argument(
+        "--taps-head-layers", type=int, default=4, help="taps and staps: the head's layers"
+    )
     args = parser.parse_args()
     methods = [Method(m.strip()) for m in args.methods.split(",") if m.strip()]
     eval_methods = [BoundMethod(m.strip()).value for m in args.eval_methods.split(",")]

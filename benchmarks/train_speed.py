@@ -37,6 +37,7 @@ from certify.bounds.training_bounders import IBPBounder
 from certify.core.allocator import keep_freed_memory
 from certify.core.datasets import get_spec, parse_dataset
 from certify.core.devices import describe_device, resolve_device
+from certify.core.eps import parse_eps
 from certify.data import load_split
 from model_zoo import create_model
 from model_zoo.normalization import NormalizedModel
@@ -223,7 +224,7 @@ def main() -> None:
     )
     parser.add_argument("--dataset", default="mnist")
     parser.add_argument("--arch", default="cnn_4layer")
-    parser.add_argument("--eps", type=float, default=0.1)
+    parser.add_argument("--eps", type=parse_eps, default=0.1, help="e.g. 0.1 or 8/255")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--num-train", type=int, help="images (default: all)")
     parser.add_argument("--repeats", type=int, default=3)
@@ -266,16 +267,16 @@ def main() -> None:
         )
     print(f"ratio of fast: {fast.epoch / clean.epoch:.2f}x (target <= 2.5x)")
     c = clean.phases
-    print("per step, ms      attack  forward  backward  optimizer  total")
+    print("per step, ms      attack  forward  backward  optimizer     total")
     for name, p in (("clean", c), *((m.value, f.phases) for m, f in found.items())):
         print(
             f"  {name:<15}{p.attack * 1e3:8.1f}{p.forward * 1e3:9.1f}{p.backward * 1e3:10.1f}"
-            f"{p.optimizer * 1e3:11.1f}{p.total * 1e3:7.1f}"
+            f"{p.optimizer * 1e3:11.1f}{p.total * 1e3:10.1f}"
         )
     f = fast.phases
     print(
         f"  fast / clean   {'':8}{f.forward / c.forward:8.2f}x{f.backward / c.backward:9.2f}x"
-        f"{f.optimizer / c.optimizer:10.2f}x{f.total / c.total:6.2f}x"
+        f"{f.optimizer / c.optimizer:10.2f}x{f.total / c.total:9.2f}x"
     )
     floor = (3 * (c.forward + c.backward) + c.optimizer) / c.total
     print(

@@ -1,11 +1,14 @@
 """One epoch of certified training, and the evaluation of a split between epochs.
 
 Per batch: eps_t comes from the schedule; while eps_t = 0 the loss is the clean
-cross-entropy, afterwards the robust cross-entropy of the margin lower bounds. During
-the warmup of the ``fast`` method (epochs up to the end of the eps ramp) the two
-regularizers are added with weight lambda * (1 - eps_t / eps_max); at eps_t = 0 their
-bounds are taken at a tiny eps (1e-6), as in the seed. Gradients are accumulated over
-``grad_acc_steps`` chunks of each batch, their norm clipped, then Adam steps.
+cross-entropy, afterwards the robust cross-entropy of the margin lower bounds, or, for
+a method with an attack, its objective's loss (:mod:`training.objective`; each image
+gets a seed for its random starts, the same in a resumed or distributed run). During
+the warmup of ``fast`` and the methods built on it (epochs up to the end of the eps
+ramp) the two regularizers are added with weight lambda * (1 - eps_t / eps_max); at
+eps_t = 0 their bounds are taken at a tiny eps (1e-6), as in the seed. Gradients are
+accumulated over ``grad_acc_steps`` chunks of each batch, their norm clipped, then
+Adam steps.
 
 Under ``torchrun`` every process draws the same global batch, bounds its own contiguous
 shard of it (in ``grad_acc_steps`` chunks) and the gradients are summed over processes,
