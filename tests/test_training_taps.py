@@ -187,7 +187,7 @@ def _reference(model: NormalizedModel, x, y, steps: int, seeds, small_box=None, 
         margins = torch.einsum("njk,nik->nij", spec, logits)
         return -torch.diagonal(margins, dim1=1, dim2=2)
 
-    noise = sample_noise(seeds, (1, 2, 6))[:, 0]
+    noise = sample_noise(seeds + 2**61, (1, 2, 6))[:, 0]  # the feature box's own stream
     width = (hi - lo).detach()[:, None]
     pts = lo.detach()[:, None] + width * noise
     best_pts, best_est = pts.clone(), torch.full((len(x), 2), -torch.inf)

@@ -42,6 +42,10 @@ from training.attack import TrainingAttack, adversarial_points, attack_starts, s
 from training.losses import clean_errors, robust_cross_entropy, verified_errors
 from training.objective import Terms
 
+# Added to an image's seed for its starts in the feature box, so that they are not drawn
+# from the same stream as STAPS's starts in the input box.
+FEATURE_SEEDS = 2**61
+
 
 @dataclass(frozen=True)
 class TapsLoss:
@@ -152,7 +156,7 @@ class TapsLoss:
         lower, upper = features.lower, features.upper
         points = pivotal_points(
             frozen, lower.detach(), upper.detach(), spec, self.steps, self.restarts,
-            sample_noise(seeds, (self.restarts, spec.shape[1], *lower.shape[1:])),
+            sample_noise(seeds + FEATURE_SEEDS, (self.restarts, spec.shape[1], *lower.shape[1:])),
         )  # fmt: skip
         linked = _RectifiedLinearLink.apply(lower, upper, points, self.link_slack, self.link_tol)
         return estimate(frozen, linked, spec)
