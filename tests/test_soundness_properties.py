@@ -8,6 +8,7 @@ gradient descent on each margin.
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -76,6 +77,8 @@ def _lowest_found(model, images, labels, eps, k, generator) -> torch.Tensor:
     return best
 
 
+# The broadest sweep of the suite (every method on random networks): in the full run.
+@pytest.mark.slow
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     layers=st.lists(st.sampled_from(LAYERS), min_size=1, max_size=3),
