@@ -177,7 +177,7 @@ class _Split:
         if normalize is None or not isinstance(layers, nn.Sequential):
             raise UsageError(
                 "taps and staps split a Sequential network behind its normalization; "
-                f"{type(model).__name__} is not one: use another --method",
+                f"{type(model).__name__} is not one: use another method",
                 param="method",
             )
         if head_layers >= len(layers):
