@@ -20,7 +20,7 @@ from certify.core.datasets import Dataset
 from certify.core.eps import parse_eps
 from certify.data import load_split
 from certify.evaluation.attack import PGDConfig, pgd_attack
-from certify.evaluation.images import DEFAULT_PGD, EvalMode
+from certify.evaluation.config import DEFAULT_PGD, EvalMode
 from model_zoo import load_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 
 import certify
+from certify.bounds.options import BabLimits, BabOptions, Branching
+from certify.evaluation.config import EvalConfig
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -49,11 +51,13 @@ def main() -> None:
     for row in rows:
         timeout = args.timeout or float(row["timeout_s"])
         t0 = time.perf_counter()
-        result = certify.evaluate(
-            args.models_dir / row["model"], dataset="mnist", eps=row["eps"],
-            data_dir=args.data_dir, start=int(row["index"]), num_samples=1,
-            methods="crown,bab", timeout=timeout, branching=args.branching,
+        config = EvalConfig(
+            methods="crown,bab", start=int(row["index"]), num_samples=1,
+            bab=BabOptions(BabLimits(timeout), Branching(args.branching)),
         )  # fmt: skip
+        result = certify.evaluate(
+            args.models_dir / row["model"], "mnist", row["eps"], config, data_dir=args.data_dir
+        )
         seconds = time.perf_counter() - t0
         o = result.outcomes
         if bool(o.verified_any()[0]):

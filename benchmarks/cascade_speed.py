@@ -19,8 +19,9 @@ import torch
 
 import certify
 from certify.core.allocator import keep_freed_memory
+from certify.evaluation.config import EvalConfig, EvalMode
 from certify.pipeline.embedded import EMBEDDED_MODEL
-from model_zoo import create_model
+from model_zoo import ModelFile, create_model
 from model_zoo.normalization import NormalizedModel
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -44,11 +45,11 @@ def _cases(args: argparse.Namespace) -> dict[str, dict]:
             "methods": args.cnn_methods,
         },
         "resnet_4b": {
-            "model": args.models_dir / "cifar10_resnet_4b.onnx",
+            "model": ModelFile(
+                args.models_dir / "cifar10_resnet_4b.onnx", mean=CIFAR_MEAN, std=CIFAR_STD
+            ),
             "dataset": "cifar",
             "eps": "1/255",
-            "mean": CIFAR_MEAN,
-            "std": CIFAR_STD,
             "data_dir": args.data_dir,
             "num_samples": args.num_samples or 100,
         },
@@ -76,12 +77,18 @@ def main() -> None:
     cases = _cases(args)
     for name in args.cases.split(","):
         case = cases[name]
-        common = {k: v for k, v in case.items() if k != "model"}
-        common = {"methods": "ibp,crown-ibp,crown", "device": args.device} | common
         runs = {}
         for every in (False, True):
+            config = EvalConfig(
+                methods=case.get("methods", "ibp,crown-ibp,crown"),
+                mode=EvalMode.EVERY_METHOD if every else EvalMode.CASCADE,
+                num_samples=case["num_samples"],
+            )
             t0 = time.perf_counter()
-            result = certify.evaluate(case["model"], every_method=every, **common)
+            result = certify.evaluate(
+                case["model"], case.get("dataset"), case.get("eps"), config,
+                data_dir=case.get("data_dir"), device=args.device, name=case.get("name"),
+            )  # fmt: skip
             runs[every] = (time.perf_counter() - t0, result)
         (t_c, cascade), (t_e, every) = runs[False], runs[True]
         same = bool((cascade.samples["verified_any"] == every.samples["verified_any"]).all())

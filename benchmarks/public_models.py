@@ -19,6 +19,8 @@ import torch
 import certify
 from certify.core.allocator import keep_freed_memory
 from certify.core.errors import CertifyError
+from certify.evaluation.config import EvalConfig, EvalMode
+from model_zoo import ModelFile
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CIFAR = {"mean": (0.4914, 0.4822, 0.4465), "std": (0.2471, 0.2435, 0.2616)}
@@ -57,10 +59,13 @@ def main() -> None:
         row = f"| {name.removesuffix('.onnx')} | {dataset} | {eps} | {args.num_samples or images} |"
         t0 = time.perf_counter()
         try:
+            config = EvalConfig(
+                methods=",".join(methods), mode=EvalMode.EVERY_METHOD,
+                num_samples=args.num_samples or images,
+            )  # fmt: skip
             result = certify.evaluate(
-                args.models_dir / name, dataset=dataset, eps=eps, data_dir=args.data_dir,
-                num_samples=args.num_samples or images, methods=",".join(methods),
-                every_method=True, **normalization,
+                ModelFile(args.models_dir / name, **normalization), dataset, eps, config,
+                data_dir=args.data_dir,
             )  # fmt: skip
         except CertifyError as exc:
             print(f"{row} {exc} ({time.perf_counter() - t0:.0f} s) |")

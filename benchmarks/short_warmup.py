@@ -31,6 +31,7 @@ from certify.bounds.margins import BoundMethod
 from certify.core.datasets import get_spec
 from certify.core.eps import parse_eps
 from certify.data import load_split
+from certify.evaluation.config import EvalConfig, EvalMode, attack_config
 from model_zoo.checkpoint import load_checkpoint
 from training.config import TrainConfig
 from training.loop import evaluate_split
@@ -71,11 +72,13 @@ def _run(args: argparse.Namespace, method: Method, out_dir: Path) -> dict[str, f
         model, IntervalNetwork(model), test.images, test.labels, args.eps,
         get_spec(args.dataset).num_classes, 500, torch.device("cpu"),
     )  # fmt: skip
-    evaluation = certify.evaluate(
-        model, dataset=args.dataset, eps=args.eps, data_dir=args.data_dir,
-        methods=args.eval_methods, every_method=True, num_samples=args.test_samples,
-        device="cpu", pgd_steps=args.pgd_steps,
+    config = EvalConfig(
+        methods=args.eval_methods, mode=EvalMode.EVERY_METHOD, num_samples=args.test_samples,
+        attack=attack_config(EvalMode.EVERY_METHOD, args.pgd_steps),
     )  # fmt: skip
+    evaluation = certify.evaluate(
+        model, args.dataset, args.eps, config, data_dir=args.data_dir, device="cpu"
+    )
     summary = evaluation.summary
     return {
         "best_epoch": result.best.epoch,

@@ -4,7 +4,8 @@ The Python verbs, as the CLI runs them::
 
     import certify
 
-    result = certify.evaluate("best.pth", data_dir="~/data")   # -> certify.EvalResult
+    config = certify.EvalConfig(methods="ibp,crown", num_samples=100)
+    result = certify.evaluate("best.pth", "cifar", "8/255", config, data_dir="~/data")
     run = certify.train(certify.TrainConfig(dataset="mnist", data_dir="~/data", out_dir="r"))
 
 The code is layered, each layer importing only those below it: ``certify.core``
@@ -28,12 +29,23 @@ from certify.core.version import __version__
 _VERBS = {
     "evaluate": "certify.pipeline.evaluate",
     "EvalResult": "certify.pipeline.result",
+    "EvalConfig": "certify.evaluation.config",
+    "EvalMode": "certify.evaluation.modes",
     "train": "training.run",
     "TrainConfig": "training.config",
     "TrainResult": "training.run",
 }
 
-__all__ = ["EvalResult", "TrainConfig", "TrainResult", "__version__", "evaluate", "train"]
+__all__ = [
+    "EvalConfig",
+    "EvalMode",
+    "EvalResult",
+    "TrainConfig",
+    "TrainResult",
+    "__version__",
+    "evaluate",
+    "train",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import nn
+
+from certify.core.datasets import Dataset
 
 
 @dataclass
@@ -13,7 +16,7 @@ class LoadedModel:
 
     model: nn.Module
     arch: str
-    dataset: str | None
+    dataset: Dataset | None
     num_classes: int
     input_shape: tuple[int, int, int]
     mean: tuple[float, ...]
@@ -23,3 +26,5 @@ class LoadedModel:
     conversion_difference: float | None = None
     """For an ONNX file, the largest difference of a logit between the converted network
     and onnxruntime on the probe images; None for checkpoints (nothing was converted)."""
+    path: Path | None = None
+    """The file it was loaded from (None for a module built in memory)."""

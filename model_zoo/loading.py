@@ -9,7 +9,10 @@ ONNX file it also records how far the converted network is from onnxruntime.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from certify.core.datasets import Dataset, get_spec, parse_dataset
 from certify.core.errors import CheckpointError, UsageError
@@ -25,15 +28,68 @@ def load_model(
     num_classes: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    probes: torch.Tensor | None = None,
 ) -> LoadedModel:
-    """Load a checkpoint or ONNX file as a model over pixel images in [0, 1]."""
+    """Load a checkpoint or ONNX file as a model over pixel images in [0, 1].
+
+    ``arch`` and ``num_classes`` are for checkpoints that do not say them, ``mean`` and
+    ``std`` for ONNX models that normalize outside. An ONNX model is checked against
+    onnxruntime on fixed probe images and on ``probes`` (images of the data set at hand)."""
+    loaded = _load(path, arch, dataset, num_classes, mean, std, probes)
+    loaded.path = Path(path)
+    return loaded
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A model file and what it may not say itself, loaded when the data set is known
+    (``certify.evaluate`` loads it with the data set's images as ONNX probes)."""
+
+    path: Path
+    arch: str | None = None
+    num_classes: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        mean, std = self.mean, self.std
+        if (mean is None) != (std is None):
+            raise UsageError("`mean` and `std` go together: give both or neither", param="std")
+        if mean is not None and std is not None:
+            if len(mean) != len(std):
+                raise UsageError(
+                    f"{len(mean)} means but {len(std)} stds: give one of each per channel",
+                    param="std",
+                )
+            object.__setattr__(self, "mean", tuple(float(v) for v in mean))
+            object.__setattr__(self, "std", tuple(float(v) for v in std))
+        object.__setattr__(self, "path", Path(self.path))
+
+    def load(
+        self, dataset: Dataset | None = None, probes: torch.Tensor | None = None
+    ) -> LoadedModel:
+        return load_model(
+            self.path, arch=self.arch, dataset=dataset, num_classes=self.num_classes,
+            mean=self.mean, std=self.std, probes=probes,
+        )  # fmt: skip
+
+
+def _load(
+    path: str | Path,
+    arch: str | None,
+    dataset: Dataset | str | None,
+    num_classes: int | None,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    probes: torch.Tensor | None,
+) -> LoadedModel:
     path = Path(path)
     dataset = parse_dataset(dataset) if dataset is not None else None
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
         raise CheckpointError(f"model file {path} {what}: give the path of a .pth or .onnx file")
     if path.suffix.lower() == ".onnx":
-        return _load_onnx(path, arch, dataset, num_classes, mean, std)
+        return _load_onnx(path, arch, dataset, num_classes, mean, std, probes)
     if mean is not None:
         raise UsageError(
             "applies to ONNX models only; checkpoints carry or imply their normalization",
@@ -51,6 +107,7 @@ def _load_onnx(
     num_classes: int | None,
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
+    probes: torch.Tensor | None,
 ) -> LoadedModel:
     from model_zoo.onnx.loading import load_onnx
 
@@ -64,11 +121,11 @@ def _load_onnx(
             param="dataset",
         )
     spec = get_spec(dataset)
-    loaded = load_onnx(path, mean=mean, std=std, input_shape=spec.input_shape)
+    loaded = load_onnx(path, mean=mean, std=std, input_shape=spec.input_shape, probes=probes)
     return LoadedModel(
         model=loaded.model.eval(),
         arch="onnx",
-        dataset=dataset.value,
+        dataset=dataset,
         num_classes=num_classes or spec.num_classes,
         input_shape=loaded.input_shape,
         mean=tuple(mean) if mean else (0.0,) * spec.channels,

@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from certify.bounds.bab import BabLimits, BabVerdict, branch_and_bound
+from certify.bounds.bab import BabLimits, BabOptions, BabVerdict, branch_and_bound
 from certify.bounds.bab.beta_crown import SplitBounder
 from certify.bounds.lirpa import EVALUATION_OPTIONS, TRAINING_OPTIONS, bounded_module, perturbed
 from certify.bounds.margins import BoundMethod, MarginBounder, margin_matrix
@@ -121,10 +121,12 @@ def test_a_public_instance_is_verified_by_bab(shared_models, shared_data) -> Non
     sound tools; alpha-CROWN leaves it open and bab proves it (about 40 s here)."""
     import certify
 
+    config = certify.EvalConfig(
+        methods="crown,bab", start=1869, num_samples=1, bab=BabOptions(BabLimits(timeout=240))
+    )
     result = certify.evaluate(
-        shared_models / "mnistfc_256x4.onnx", dataset="mnist", eps="0.03",
-        data_dir=shared_data, start=1869, num_samples=1, methods="crown,bab", timeout=240,
-    )  # fmt: skip
+        shared_models / "mnistfc_256x4.onnx", "mnist", "0.03", config, data_dir=shared_data
+    )
     assert result.outcomes.bab_verdict == [BabVerdict.VERIFIED.value]
     assert result.summary.verified[BoundMethod.BAB] == 1
     assert result.outcomes.decided_by == ["bab"]

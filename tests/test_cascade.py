@@ -12,7 +12,8 @@ from certify.bounds.margins import BoundMethod, MarginBounder
 from certify.core.errors import SoundnessError
 from certify.data import load_split
 from certify.evaluation.attack import PGDConfig, pgd_attack
-from certify.evaluation.images import DEFAULT_PGD, EvalConfig, EvalMode, evaluate_images
+from certify.evaluation.config import DEFAULT_PGD, EvalConfig, EvalMode, attack_config
+from certify.evaluation.images import evaluate_images
 from certify.evaluation.outcomes import check_consistency
 from certify.pipeline.embedded import EMBEDDED_DATA, EMBEDDED_MODEL
 from model_zoo import load_model
@@ -20,9 +21,22 @@ from model_zoo import load_model
 METHODS = "ibp,crown-ibp,crown"
 
 
-def _both_modes(model, **arguments):
-    cascade = certify.evaluate(model, methods=METHODS, **arguments)
-    every = certify.evaluate(model, methods=METHODS, every_method=True, **arguments)
+def _both_modes(model, dataset=None, eps=None, *, data_dir=None, num_samples, pgd_steps):
+    cascade, every = (
+        certify.evaluate(
+            model,
+            dataset,
+            eps,
+            EvalConfig(
+                methods=METHODS,
+                mode=mode,
+                num_samples=num_samples,
+                attack=attack_config(mode, pgd_steps),
+            ),
+            data_dir=data_dir,
+        )  # fmt: skip
+        for mode in (EvalMode.CASCADE, EvalMode.EVERY_METHOD)
+    )
     return cascade, every
 
 
@@ -59,7 +73,7 @@ def test_cascade_verifies_what_every_method_verifies_on_public_models(
 ) -> None:
     path = shared_models / name
     cascade, every = _both_modes(
-        path, dataset="mnist", eps=0.02, data_dir=shared_data, num_samples=40, pgd_steps=20
+        path, "mnist", 0.02, data_dir=shared_data, num_samples=40, pgd_steps=20
     )
     _assert_same_verdicts(cascade, every)
     assert 0 < cascade.summary.best_verified_error < 1
@@ -79,8 +93,8 @@ def test_the_self_check_catches_a_verified_image_that_pgd_attacks(monkeypatch) -
     labels = model(images).argmax(1)
     monkeypatch.setattr(MarginBounder, "__init__", lambda self, *a, **k: None)
     monkeypatch.setattr(MarginBounder, "lower_bounds", _Unsound.lower_bounds)
-    config = EvalConfig(eps=0.5, methods=(BoundMethod.IBP,), pgd=PGDConfig(steps=10))
-    outcomes, seconds = evaluate_images(model, images, labels, config, torch.device("cpu"))
+    config = EvalConfig(methods=(BoundMethod.IBP,), attack=PGDConfig(steps=10))
+    outcomes, seconds = evaluate_images(model, images, labels, 0.5, config, torch.device("cpu"))
     assert outcomes.pgd_run.sum() >= 8 and "check" in seconds  # the first chunk at least
     with pytest.raises(SoundnessError, match="is verified by ibp but PGD attacked it"):
         check_consistency(outcomes)
@@ -89,10 +103,12 @@ def test_the_self_check_catches_a_verified_image_that_pgd_attacks(monkeypatch) -
 def test_check_all_attacks_every_verified_image() -> None:
     model = load_model(EMBEDDED_MODEL).model
     data = load_split("mnist", EMBEDDED_DATA, "test", 0, 60)
-    base = {"eps": 0.4, "methods": (BoundMethod.IBP,), "pgd": PGDConfig(steps=5)}
+    base = {"methods": (BoundMethod.IBP,), "attack": PGDConfig(steps=5)}
     for check_all in (False, True):
         config = EvalConfig(**base, check_all=check_all, batch_size=16)
-        outcomes, _ = evaluate_images(model, data.images, data.labels, config, torch.device("cpu"))
+        outcomes, _ = evaluate_images(
+            model, data.images, data.labels, 0.4, config, torch.device("cpu")
+        )
         verified = outcomes.verified_any()
         checked = (verified & outcomes.pgd_run).sum().item()
         assert checked == (verified.sum().item() if check_all else min(8, verified.sum().item()))

@@ -143,7 +143,7 @@ def test_a_soundness_failure_exits_3_and_writes_the_per_image_file(monkeypatch, 
     def unsound(self, which, method):
         return torch.ones(len(which))
 
-    monkeypatch.setattr(images._Run, "_bound", unsound)
+    monkeypatch.setattr(images._ImageRun, "_bound", unsound)
     monkeypatch.chdir(tmp_path)
     args = ["eval", "--num-samples", "20", "--methods", "ibp", "--check-all", "--pgd-steps", "5"]
     result = CliRunner().invoke(cli, args)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from certify.bounds.margins import BoundMethod, MarginBounder
-from certify.evaluation.images import EvalConfig, EvalMode
+from certify.evaluation.config import EvalConfig, EvalMode
 from certify.evaluation.images import evaluate_images as evaluate
 from model_zoo import create_model
 from tests.conftest import REPO_ROOT
@@ -22,10 +22,10 @@ def test_out_of_memory_halves_the_chunk_and_gives_the_same_bounds(monkeypatch, c
     images = torch.rand(12, 1, 28, 28)
     labels = torch.randint(0, 10, (12,))
     config = EvalConfig(
-        eps=0.01, methods=(BoundMethod.CROWN,), crown_batch_size=8, mode=EvalMode.EVERY_METHOD
+        methods=(BoundMethod.CROWN,), crown_batch_size=8, mode=EvalMode.EVERY_METHOD
     )
     device = torch.device("cpu")
-    reference, _ = evaluate(model, images, labels, config, device)
+    reference, _ = evaluate(model, images, labels, 0.01, config, device)
 
     real = MarginBounder.lower_bounds
     sizes: list[int] = []
@@ -39,7 +39,7 @@ def test_out_of_memory_halves_the_chunk_and_gives_the_same_bounds(monkeypatch, c
     monkeypatch.setattr(MarginBounder, "lower_bounds", limited)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     with caplog.at_level(logging.WARNING):
-        outcomes, _ = evaluate(model, images, labels, config, device)
+        outcomes, _ = evaluate(model, images, labels, 0.01, config, device)
     assert sizes[:3] == [8, 4, 2]
     assert all(n <= 2 for n in sizes[2:])
     assert "crown ran out of GPU memory; going on with 4 images at a time" in caplog.text
@@ -54,8 +54,8 @@ def test_out_of_memory_in_pgd_halves_the_batch_with_the_same_outcomes(monkeypatc
     model = create_model("cnn_4layer", 1, 28, 10).eval()
     images = torch.rand(10, 1, 28, 28)
     labels = torch.randint(0, 10, (10,))
-    config = EvalConfig(eps=0.05, methods=(), batch_size=8)
-    reference, _ = evaluate(model, images, labels, config, torch.device("cpu"))
+    config = EvalConfig(methods=(), batch_size=8)
+    reference, _ = evaluate(model, images, labels, 0.05, config, torch.device("cpu"))
     real = evaluation.pgd_attack
 
     def limited(model, x, *args):
@@ -65,7 +65,7 @@ def test_out_of_memory_in_pgd_halves_the_batch_with_the_same_outcomes(monkeypatc
 
     monkeypatch.setattr(evaluation, "pgd_attack", limited)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    outcomes, _ = evaluate(model, images, labels, config, torch.device("cpu"))
+    outcomes, _ = evaluate(model, images, labels, 0.05, config, torch.device("cpu"))
     assert torch.equal(outcomes.pgd_robust, reference.pgd_robust)
     assert torch.equal(outcomes.clean_pred, reference.clean_pred)
 
@@ -75,7 +75,8 @@ import resource, sys, torch
 torch.set_num_threads(1)
 from certify.bounds.margins import BoundMethod
 from certify.core.errors import CertifyError
-from certify.evaluation.images import EvalConfig, EvalMode, evaluate_images
+from certify.evaluation.config import EvalConfig, EvalMode
+from certify.evaluation.images import evaluate_images
 from certify.evaluation.memory import available_memory
 from model_zoo import create_model
 
@@ -83,14 +84,14 @@ torch.manual_seed(0)
 model = create_model("cnn_4layer", 1, 28, 10).eval()
 images, labels = torch.rand(40, 1, 28, 28), torch.randint(0, 10, (40,))
 chunk = None if sys.argv[1] == "auto" else int(sys.argv[1])
-config = EvalConfig(eps=0.05, methods=(BoundMethod.CROWN,), crown_batch_size=chunk,
+config = EvalConfig(methods=(BoundMethod.CROWN,), crown_batch_size=chunk,
                     mode=EvalMode.EVERY_METHOD)
-evaluate_images(model, images[:2], labels[:2], config, torch.device("cpu"))  # warm up
+evaluate_images(model, images[:2], labels[:2], 0.05, config, torch.device("cpu"))  # warm up
 size = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (size + int(sys.argv[2]) * 2**20, resource.RLIM_INFINITY))
 assert available_memory(torch.device("cpu")) < (int(sys.argv[2]) + 64) * 2**20
 try:
-    outcomes, _ = evaluate_images(model, images, labels, config, torch.device("cpu"))
+    outcomes, _ = evaluate_images(model, images, labels, 0.05, config, torch.device("cpu"))
 except (RuntimeError, MemoryError, CertifyError) as exc:
     print("out of memory:", str(exc).splitlines()[0])
     sys.exit(3)

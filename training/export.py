@@ -21,6 +21,7 @@ import onnx
 import torch
 
 from certify.core.atomic_files import atomic_path
+from certify.core.datasets import Dataset
 from certify.core.errors import ModelError, UsageError, first_line
 from model_zoo.checkpoint import load_checkpoint
 from model_zoo.normalization import NormalizedModel
@@ -34,7 +35,7 @@ MIN_OPSET = 7
 class ExportResult:
     path: Path
     arch: str
-    dataset: str | None
+    dataset: Dataset | None
     input_shape: tuple[int, int, int]
     max_abs_diff: float
 

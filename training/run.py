@@ -15,6 +15,7 @@ the checkpoints, the log and the final evaluation, and reports through the callb
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,10 +34,11 @@ from certify.core.devices import resolve_device
 from certify.core.errors import CheckpointError, UsageError
 from certify.core.shard import SINGLE, Shard, device_for, leave, shard_from_environment
 from certify.data import load_split
+from certify.evaluation.config import EvalConfig, EvalMode, attack_config
 from certify.evaluation.images import ProgressFn
 from certify.pipeline.evaluate import evaluate
 from certify.pipeline.result import EvalResult
-from model_zoo import create_model
+from model_zoo import LoadedModel, create_model
 from model_zoo.normalization import NormalizedModel
 from model_zoo.registry import canonical_name
 from reports.eval_csv import check_result_files
@@ -491,23 +493,25 @@ def _final_evaluation(
 ) -> EvalResult | None:
     """``certify.evaluate`` of the selected model on the test set; rank 0 appends its
     rows to the results file and returns the result."""
-    result = evaluate(
-        model,
-        dataset=config.dataset,
-        eps=config.eps,
-        data_dir=config.data_dir,
+    spec = get_spec(config.dataset)
+    loaded = LoadedModel(
+        model=model, arch=canonical_name(config.arch), dataset=spec.name,
+        num_classes=config.classes, input_shape=spec.input_shape, mean=spec.mean, std=spec.std,
+        eps=config.eps, source_format="module",
+    )  # fmt: skip
+    evaluation = EvalConfig(
         methods=config.eval_methods,
-        num_samples=config.test_samples,
+        attack=attack_config(EvalMode.CASCADE, config.pgd_steps),
         batch_size=config.eval_batch_size,
-        device=device,
-        arch=canonical_name(config.arch),
-        pgd_steps=config.pgd_steps,
-        name=BEST,
-        progress=progress,
+        num_samples=config.test_samples,
     )
+    result = evaluate(
+        loaded, spec.name, config.eps, evaluation, data_dir=config.data_dir, device=device,
+        progress=progress, name=BEST,
+    )  # fmt: skip
     if result is not None:
         # Every run names its model best.pth: the run folder tells runs apart, in full, as
         # two runs may both be ./model of different folders.
-        result.settings["run"] = str(out_dir.resolve())
+        result.settings = dataclasses.replace(result.settings, run=str(out_dir.resolve()))
         result.write_csv(out=_results_file(config, out_dir))
     return result

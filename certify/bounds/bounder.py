@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -24,23 +23,9 @@ from certify.bounds.interval import IntervalNetwork
 from certify.bounds.interval_values import IntervalResult
 from certify.bounds.lirpa import bound_failure, interval_reference, perturbed
 from certify.bounds.methods import BoundMethod
+from certify.bounds.options import AlphaCrownOptions
 from certify.core.devices import exact_float32
-from certify.core.errors import CertifyError, UsageError
-
-
-@dataclass(frozen=True)
-class AlphaCrownOptions:
-    """The optimization of alpha-CROWN's ReLU lower slopes: Adam for ``iterations``
-    steps at learning rate ``lr`` (decayed by 0.98 a step), auto_LiRPA's defaults."""
-
-    iterations: int = 20
-    lr: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.iterations < 1:
-            raise UsageError(f"{self.iterations}: give at least 1", param="alpha_iterations")
-        if not self.lr > 0:
-            raise UsageError(f"{self.lr}: give a positive learning rate", param="alpha_lr")
+from certify.core.errors import CertifyError
 
 
 class Bounder(Protocol):

@@ -37,39 +37,13 @@ from certify.bounds.fusion import fold_batchnorm
 from certify.bounds.interval import IntervalNetwork
 from certify.bounds.interval_values import IntervalResult
 from certify.bounds.lirpa import EVALUATION_OPTIONS, bounded_module
-from certify.bounds.methods import Bounding
+from certify.bounds.methods import Bounding, parse_methods
 from certify.bounds.pruning import prune_dead_units
-from certify.core.errors import ModelError, UsageError, first_line
+from certify.core.errors import ModelError, first_line
 
 __all__ = ["AlphaCrownOptions", "BoundMethod", "MarginBounder", "margin_matrix", "parse_methods"]
 
 log = logging.getLogger(__name__)
-
-
-def parse_methods(text: str | list[str] | tuple[str, ...]) -> list[BoundMethod]:
-    """Parse ``"ibp,crown"`` (or a sequence) into methods, in the order given, no repeats."""
-    names = text.split(",") if isinstance(text, str) else list(text)
-    methods: list[BoundMethod] = []
-    for name in names:
-        key = str(name).strip().lower()
-        if not key:
-            continue
-        try:
-            method = BoundMethod(key)
-        except ValueError:
-            valid = ", ".join(m.value for m in BoundMethod)
-            raise UsageError(
-                f"unknown bound method {name!r}: use one of {valid}", param="methods"
-            ) from None
-        if method not in methods:
-            methods.append(method)
-    if BoundMethod.BAB in methods and BoundMethod.ALPHA_CROWN not in methods:
-        # Branch and bound starts from the images alpha-CROWN leaves open.
-        methods.insert(methods.index(BoundMethod.BAB), BoundMethod.ALPHA_CROWN)
-    if not methods:
-        valid = ", ".join(m.value for m in BoundMethod)
-        raise UsageError(f"no bound method given: name at least one of {valid}", param="methods")
-    return methods
 
 
 def margin_matrix(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -4,13 +4,15 @@ how it bounds and how its work is shared out.
 Adding a method is one entry here and its bounder (the ``bounding`` kind that
 :class:`~certify.bounds.margins.MarginBounder` builds). Evaluation, the reports and the
 CLI take the order, labels and chunking from here. This module imports nothing of
-certify's, so that the CLI can list the methods without loading the bounds.
+certify's but its errors, so that the CLI can list the methods without loading the bounds.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+
+from certify.core.errors import UsageError
 
 
 class Bounding(StrEnum):
@@ -77,3 +79,29 @@ METHOD_TABLE: dict[BoundMethod, MethodInfo] = {
 
 # alpha-CROWN costs tens of CROWN passes and bab minutes per image: named when wanted.
 DEFAULT_METHODS = (BoundMethod.IBP, BoundMethod.CROWN_IBP, BoundMethod.CROWN)
+
+
+def parse_methods(text: str | list[str] | tuple[str, ...]) -> list[BoundMethod]:
+    """Parse ``"ibp,crown"`` (or a sequence) into methods, in the order given, no repeats."""
+    names = text.split(",") if isinstance(text, str) else list(text)
+    methods: list[BoundMethod] = []
+    for name in names:
+        key = str(name).strip().lower()
+        if not key:
+            continue
+        try:
+            method = BoundMethod(key)
+        except ValueError:
+            valid = ", ".join(m.value for m in BoundMethod)
+            raise UsageError(
+                f"unknown bound method {name!r}: use one of {valid}", param="methods"
+            ) from None
+        if method not in methods:
+            methods.append(method)
+    if BoundMethod.BAB in methods and BoundMethod.ALPHA_CROWN not in methods:
+        # Branch and bound starts from the images alpha-CROWN leaves open.
+        methods.insert(methods.index(BoundMethod.BAB), BoundMethod.ALPHA_CROWN)
+    if not methods:
+        valid = ", ".join(m.value for m in BoundMethod)
+        raise UsageError(f"no bound method given: name at least one of {valid}", param="methods")
+    return methods

@@ -18,13 +18,17 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from certify.bounds.bab import BabLimits, Branching
-from certify.bounds.methods import DEFAULT_METHODS, BoundMethod
+from certify.bounds.methods import BoundMethod
+from certify.bounds.options import AlphaCrownOptions, BabLimits, BabOptions, Branching
 from certify.commands.base import CertifyCommand, write_soundness_evidence
 from certify.core.datasets import Dataset
 from certify.core.devices import DeviceChoice
 from certify.core.errors import SoundnessError
+from certify.evaluation.config import DEFAULT_PGD, EvalConfig, EvalMode, config_from_flat
 from certify.evaluation.images import ProgressFn
+
+# The CLI's defaults are the library's: EvalConfig() and the options it holds.
+_DEFAULT = EvalConfig()
 
 _METHODS_HELP = f"Comma-separated bound methods: {', '.join(m.value for m in BoundMethod)}."
 _DATASETS = ", ".join(d.value for d in Dataset)
@@ -60,7 +64,7 @@ def _floats(ctx: click.Context, param: click.Parameter, text: str | None):
 @click.option("--std", callback=_floats, help="Per-channel std, for ONNX models " + _OUTSIDE)
 @click.option(
     "--methods",
-    default=",".join(m.value for m in DEFAULT_METHODS),
+    default=",".join(m.value for m in _DEFAULT.methods),
     show_default=True,
     help=_METHODS_HELP,
 )
@@ -76,7 +80,9 @@ def _floats(ctx: click.Context, param: click.Parameter, text: str | None):
     help="In the cascade, attack every verified image as a check of the bounds "
     "(default: a sample costing about 10% of the run).",
 )
-@click.option("--pgd-steps", default=100, show_default=True, type=int)
+@click.option(
+    "--pgd-steps", default=DEFAULT_PGD[EvalMode.CASCADE].steps, show_default=True, type=int
+)
 @click.option(
     "--pgd-restarts",
     type=int,
@@ -89,14 +95,14 @@ def _floats(ctx: click.Context, param: click.Parameter, text: str | None):
 )
 @click.option(
     "--alpha-iterations",
-    default=20,
+    default=AlphaCrownOptions.iterations,
     show_default=True,
     type=int,
     help="Optimization steps of alpha-CROWN.",
 )
 @click.option(
     "--alpha-lr",
-    default=0.5,
+    default=AlphaCrownOptions.lr,
     show_default=True,
     type=float,
     help="Learning rate of alpha-CROWN's slopes.",
@@ -117,7 +123,7 @@ def _floats(ctx: click.Context, param: click.Parameter, text: str | None):
 )
 @click.option(
     "--branching",
-    default=Branching.FSB.value,
+    default=BabOptions.branching.value,
     show_default=True,
     type=click.Choice([b.value for b in Branching]),
     help="bab: which ReLU a subdomain splits on.",
@@ -143,35 +149,60 @@ def _floats(ctx: click.Context, param: click.Parameter, text: str | None):
     "--start",
     "--first-index",
     "start",
-    default=0,
+    default=_DEFAULT.start,
     show_default=True,
     type=int,
     help="Index of the first image (--first-index under torchrun, which claims --start).",
 )
-@click.option("--batch-size", default=256, show_default=True, type=int)
+@click.option("--batch-size", default=_DEFAULT.batch_size, show_default=True, type=int)
 @click.option(
     "--crown-batch-size",
     type=int,
     help="Images per CROWN and alpha-CROWN chunk. [default: what fits in memory, at most 32]",
 )
 @click.option("--device", default="auto", show_default=True, help=f"{_DEVICES}, or cuda:N.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="CPU threads for torch (default: torch's choice).",
+)
 @click.option("--out", type=click.Path(dir_okay=False), help="Append summary rows to this CSV.")
 @click.option("--per-sample", type=click.Path(dir_okay=False), help="Write one row per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the PGD starts.")
+@click.option(
+    "--seed", default=_DEFAULT.seed, show_default=True, type=int, help="Seed of the PGD starts."
+)
 def eval_command(
     model_path: str | None,
+    dataset: str | None,
+    data_dir: str | None,
+    eps: str | None,
+    device: str,
+    threads: int | None,
     out: str | None,
     per_sample: str | None,
     as_json: bool,
     counterexamples: str | None,
     resume: bool,
-    **arguments,
+    **options,
 ) -> None:
     """Evaluate MODEL (a checkpoint or .onnx file; default: the bundled MNIST model)."""
+    import torch
+
+    from certify.pipeline.embedded import EMBEDDED_MODEL
     from certify.pipeline.evaluate import evaluate
     from certify.pipeline.journal import journal_path
+    from model_zoo import ModelFile
     from reports.eval_csv import check_result_files
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    model = ModelFile(
+        Path(model_path) if model_path else EMBEDDED_MODEL,
+        arch=options.pop("arch"), num_classes=options.pop("num_classes"),
+        mean=options.pop("mean"), std=options.pop("std"),
+    )  # fmt: skip
+    config = config_from_flat(**options)
 
     out_path = Path(out) if out else None
     per_sample_path = Path(per_sample) if per_sample else None
@@ -183,8 +214,9 @@ def eval_command(
     try:
         with _progress_bar() as progress:
             result = evaluate(
-                model_path, progress=progress, journal=journal, resume=resume, **arguments
-            )
+                model, dataset, eps, config, data_dir=data_dir, device=device,
+                progress=progress, journal=journal, resume=resume,
+            )  # fmt: skip
     except SoundnessError as exc:
         folder = out_path.parent if out_path else Path()
         write_soundness_evidence(exc, per_sample_path, folder)

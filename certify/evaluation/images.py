@@ -19,18 +19,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
 
 import torch
 from torch import nn
 
-from certify.bounds.bab import BabOptions, BabVerdict, branch_and_bound
+from certify.bounds.bab import BabVerdict, branch_and_bound
 from certify.bounds.bab.beta_crown import Optimization
-from certify.bounds.margins import AlphaCrownOptions, BoundMethod, MarginBounder
+from certify.bounds.margins import BoundMethod, MarginBounder
 from certify.bounds.methods import Chunking
-from certify.core.errors import UsageError
-from certify.evaluation.attack import AttackLoss, PGDConfig, pgd_attack
+from certify.evaluation.attack import pgd_attack
+from certify.evaluation.config import EvalConfig, EvalMode
 from certify.evaluation.counterexamples import (
     Counterexample,
     CounterexampleFinder,
@@ -45,17 +43,6 @@ ProgressFn = Callable[[str, int, int], None]
 """Called as ``progress(stage, images_just_done, images_in_stage)`` after every batch."""
 
 
-class EvalMode(StrEnum):
-    CASCADE = "cascade"
-    EVERY_METHOD = "every-method"
-
-
-# The attack of each mode when the caller does not choose: the cascade attacks only the
-# images that the bounds before it left open, so a stronger attack costs little there.
-DEFAULT_PGD = {
-    EvalMode.CASCADE: PGDConfig(steps=100, restarts=2, losses=(AttackLoss.MARGIN, AttackLoss.CE)),
-    EvalMode.EVERY_METHOD: PGDConfig(steps=100, restarts=1, losses=(AttackLoss.MARGIN,)),
-}
 # The self-check of the cascade attacks verified images until it has taken this share
 # of the rest of the run (always at least its first chunk).
 CHECK_SHARE = 0.1
@@ -69,30 +56,6 @@ DEFAULT_CROWN_CHUNK = 32
 LARGEST_BAB_BATCH = 256
 
 
-@dataclass(frozen=True)
-class EvalConfig:
-    eps: float
-    methods: tuple[BoundMethod, ...] = tuple(BoundMethod)
-    pgd: PGDConfig = field(default_factory=lambda: DEFAULT_PGD[EvalMode.CASCADE])
-    batch_size: int = 256
-    # None: as many as fit in the memory at hand, up to DEFAULT_CROWN_CHUNK.
-    crown_batch_size: int | None = None
-    seed: int = 0
-    mode: EvalMode = EvalMode.CASCADE
-    check_all: bool = False
-    alpha: AlphaCrownOptions = field(default_factory=AlphaCrownOptions)
-    bab: BabOptions = field(default_factory=BabOptions)
-
-    def __post_init__(self) -> None:
-        check_batch_sizes(self.batch_size, self.crown_batch_size)
-
-
-def check_batch_sizes(batch_size: int, crown_batch_size: int | None) -> None:
-    for name, value in (("batch_size", batch_size), ("crown_batch_size", crown_batch_size)):
-        if value is not None and value < 1:
-            raise UsageError(f"{value} images per batch: give at least 1", param=name)
-
-
 def stages(methods: tuple[BoundMethod, ...]) -> list[str]:
     """The stages of the cascade after the clean prediction, in order of cost."""
     cheap = [m.value for m in BoundMethod if m in methods and m.info.chunking is Chunking.BATCH]
@@ -104,19 +67,25 @@ def evaluate_images(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
+    eps: float,
     config: EvalConfig,
     device: torch.device,
     first_index: int = 0,
     progress: ProgressFn | None = None,
 ) -> tuple[SampleOutcomes, dict[str, float]]:
-    """Evaluate in ``config.mode``; return the outcomes and the seconds of each stage."""
-    run = _Run(model.eval().to(device), images, labels, config, device, first_index, progress)
+    """Evaluate the eps-balls of ``images`` in ``config.mode`` (``first_index`` is the
+    index of the first image: it seeds PGD's starts); return the outcomes and the seconds
+    of each stage. ``config.start`` and ``config.num_samples`` are the caller's: every
+    image given is evaluated."""
+    run = _ImageRun(
+        model.eval().to(device), images, labels, eps, config, device, first_index, progress
+    )
     if config.mode is EvalMode.EVERY_METHOD:
         return run.every_method()
     return run.cascade()
 
 
-class _Run:
+class _ImageRun:
     """One evaluation of a batch of images in memory."""
 
     def __init__(
@@ -124,13 +93,14 @@ class _Run:
         model: nn.Module,
         images: torch.Tensor,
         labels: torch.Tensor,
+        eps: float,
         config: EvalConfig,
         device: torch.device,
         first_index: int,
         progress: ProgressFn | None,
     ) -> None:
         self.model, self.images, self.labels = model, images, labels
-        self.config, self.device, self.progress = config, device, progress
+        self.eps, self.config, self.device, self.progress = eps, config, device, progress
         self.indices = torch.arange(first_index, first_index + len(images))
         self.seconds: dict[str, float] = {}
         self._bounder: MarginBounder | None = None
@@ -245,7 +215,7 @@ class _Run:
             x, y = self.images[part].to(self.device), self.labels[part].to(self.device)
             t0 = time.perf_counter()
             robust, _ = pgd_attack(
-                self.model, x, y, self.config.eps, self.config.pgd, self.config.seed,
+                self.model, x, y, self.eps, self.config.pgd, self.config.seed,
                 self.indices[part],
             )  # fmt: skip
             # Only a chunk that completes counts: one that ran out of memory is redone.
@@ -269,9 +239,7 @@ class _Run:
         def bound(start: int, stop: int) -> None:
             part = which[start:stop]
             t0 = time.perf_counter()
-            lower = bounder.lower_bounds(
-                self.images[part], self.labels[part], self.config.eps, method
-            )
+            lower = bounder.lower_bounds(self.images[part], self.labels[part], self.eps, method)
             results.append(lower.min(dim=1).values.cpu())
             self._add(method.value, t0)
             self._report(stage, stop - start, len(which))
@@ -302,10 +270,10 @@ class _Run:
             label = int(self.labels[i])
             index = int(self.indices[i])
             finder = CounterexampleFinder(
-                self.model, model64, image, label, self.config.eps, index, self.config.seed
+                self.model, model64, image, label, self.eps, index, self.config.seed
             )
             outcome = branch_and_bound(
-                split, image, self.config.eps, self.bounder.margin_spec(self.labels[i : i + 1]),
+                split, image, self.eps, self.bounder.margin_spec(self.labels[i : i + 1]),
                 finder, branching=self.config.bab.branching, limits=self.config.bab.limits,
                 batch=batch,
             )  # fmt: skip
@@ -331,11 +299,11 @@ class _Run:
             i = int(which[0])
             image = self.images[i : i + 1].to(self.device)
             spec = self.bounder.margin_spec(self.labels[i : i + 1])
-            root = split.root(image, self.config.eps, spec, Optimization(iterations=1))
+            root = split.root(image, self.eps, spec, Optimization(iterations=1))
 
             def probe(k: int) -> None:
                 copies = root.select(torch.zeros(k, dtype=torch.long, device=root.lb.device))
-                split.optimize(image, self.config.eps, spec, copies, Optimization(iterations=1))
+                split.optimize(image, self.eps, spec, copies, Optimization(iterations=1))
 
             self._chunks["bab"] = chunk_size(probe, self.device, LARGEST_BAB_BATCH, "bab")
         return max(2, self._chunks["bab"])
@@ -351,7 +319,7 @@ class _Run:
             if len(which) < 2:
                 return 1
             x, y = self.images[which[:2]], self.labels[which[:2]]
-            eps = self.config.eps
+            eps = self.eps
 
             def probe(k: int) -> None:
                 self.bounder.probe_memory(x[:k], y[:k], eps, method)

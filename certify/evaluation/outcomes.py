@@ -19,6 +19,7 @@ from certify.bounds.bab import BabVerdict
 from certify.bounds.methods import BoundMethod
 from certify.core.errors import SoundnessError, UsageError
 from certify.evaluation.counterexamples import Counterexample
+from certify.evaluation.modes import EvalMode
 
 # The stage name of the attack in a cascade's ``decided_by``; the others are "clean" and
 # the bound methods' names.
@@ -122,7 +123,7 @@ class EvalSummary:
     verified: dict[BoundMethod, int]
     best_verified: int
     seconds: dict[str, float]
-    mode: str = "every-method"
+    mode: EvalMode = EvalMode.EVERY_METHOD
     decided: dict[str, int] = field(default_factory=dict)
     checked: int = 0
     # Branch and bound's verdicts, counted (verified, attacked, timeout, domain-limit).
@@ -179,7 +180,7 @@ def summarize(outcomes: SampleOutcomes, seconds: dict[str, float]) -> EvalSummar
             verdict.value: outcomes.bab_verdict.count(verdict.value) for verdict in BabVerdict
         }
     if cascade:
-        summary.mode = "cascade"
+        summary.mode = EvalMode.CASCADE
         stages = dict.fromkeys(outcomes.decided_by)
         summary.decided = {s or "open": outcomes.decided_by.count(s) for s in stages}
     return summary

@@ -1,116 +1,81 @@
-"""``certify.evaluate``: one evaluation from a model and a few arguments to an
+"""``certify.evaluate``: one evaluation of a model on a data set at an eps, run as an
+:class:`~certify.evaluation.config.EvalConfig` says, to an
 :class:`~certify.pipeline.result.EvalResult`.
 
-Everything that can be checked cheaply (eps, methods, sizes, normalization, device) is
-checked before any model or data is loaded, so that bad input fails fast; an argument
+Values are parsed here, at the door: the data set's name and the eps's text become a
+:class:`~certify.core.datasets.Dataset` and a number, the model a
+:class:`~model_zoo.LoadedModel`, and from there on enums and numbers travel. An argument
 at fault raises :class:`~certify.core.errors.UsageError` with its name in ``param``.
-Then the model (a file, or any ``nn.Module``) and the test slice are loaded, the images
-are shared out among the processes of a ``torchrun`` job, evaluated, gathered on rank 0
-and checked for soundness. The result is returned, not printed or written: that is the
-caller's (the CLI's, or the training run's) business.
+Then the test slice is loaded (an ONNX model is checked against onnxruntime on its
+first images too), the images are shared out among the processes of a ``torchrun`` job,
+evaluated, gathered on rank 0 and checked for soundness. The result is returned, not
+printed or written: that is the caller's (the CLI's, or the training run's) business.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from certify.bounds.bab import BabLimits, BabOptions, Branching
-from certify.bounds.margins import AlphaCrownOptions, BoundMethod, parse_methods
-from certify.bounds.methods import DEFAULT_METHODS
-from certify.core.choices import parse_choice
+from certify.bounds.margins import BoundMethod
 from certify.core.datasets import Dataset, get_spec, parse_dataset
 from certify.core.devices import describe_device, resolve_device
-from certify.core.eps import format_eps, parse_eps
+from certify.core.eps import parse_eps
 from certify.core.errors import ModelError, SoundnessError, UsageError, first_line
 from certify.core.shard import device_for, gather, leave, merge_seconds, shard_from_environment
-from certify.core.version import __version__
-from certify.data import default_data_dir, load_split
-from certify.evaluation.attack import PGDConfig, parse_losses
-from certify.evaluation.images import (
-    DEFAULT_PGD,
-    EvalConfig,
-    EvalMode,
-    ProgressFn,
-    check_batch_sizes,
-    evaluate_images,
-)
+from certify.data import ImageData, default_data_dir, load_split
+from certify.evaluation.config import EvalConfig, config_from_flat
+from certify.evaluation.images import ProgressFn, evaluate_images
 from certify.evaluation.outcomes import SampleOutcomes, check_consistency, summarize
 from certify.pipeline.embedded import EMBEDDED_DATA, EMBEDDED_MODEL
 from certify.pipeline.journal import Journal
 from certify.pipeline.result import EvalResult
-from model_zoo import LoadedModel, load_model
+from certify.pipeline.settings import EvalSettings
+from model_zoo import LoadedModel, ModelFile
 from model_zoo.normalization import NormalizedModel
 
 # Data images that onnxruntime runs too, to check the conversion of an ONNX file.
 _CONVERSION_PROBES = 8
 
+ModelLike = str | os.PathLike[str] | ModelFile | LoadedModel | nn.Module
+
 
 def evaluate(
-    model: str | os.PathLike[str] | nn.Module | None = None,
-    *,
+    model: ModelLike | None = None,
     dataset: str | Dataset | None = None,
     eps: float | str | None = None,
+    config: EvalConfig | None = None,
+    *,
     data_dir: str | os.PathLike[str] | None = None,
-    methods: str | Sequence[str | BoundMethod] = DEFAULT_METHODS,
-    num_samples: int | None = None,
-    start: int = 0,
-    batch_size: int = 256,
-    crown_batch_size: int | None = None,
     device: str | torch.device = "auto",
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    arch: str | None = None,
-    num_classes: int | None = None,
-    pgd_steps: int = 100,
-    pgd_restarts: int | None = None,
-    pgd_loss: str | None = None,
-    every_method: bool = False,
-    check_all: bool = False,
-    alpha_iterations: int = AlphaCrownOptions.iterations,
-    alpha_lr: float = AlphaCrownOptions.lr,
-    timeout: float = BabLimits.timeout,
-    max_domains: int = BabLimits.max_domains,
-    branching: str | Branching = Branching.FSB,
-    bab_batch: int | None = None,
-    seed: int = 0,
-    name: str | None = None,
     progress: ProgressFn | None = None,
     journal: str | os.PathLike[str] | None = None,
     resume: bool = False,
+    name: str | None = None,
+    **keywords: Any,
 ) -> EvalResult | None:
-    """Clean, PGD and verified error of ``model`` on test images ``[start, start + num_samples)``.
+    """Clean, PGD and verified error of ``model`` on ``dataset``'s test images at ``eps``.
 
-    ``model`` is a checkpoint or ONNX file (default: the bundled MNIST model) or any
-    ``nn.Module`` that takes pixel images in [0, 1]: its normalization inside it, or given
-    as ``mean``/``std``. A module is put in eval mode and moved to ``device``.
+    ``model`` is a checkpoint or ONNX file (default: the bundled MNIST model), a
+    :class:`~model_zoo.ModelFile` (a file with the architecture, classes or
+    normalization it does not record), a :class:`~model_zoo.LoadedModel` from
+    :func:`model_zoo.load_model`, or any ``nn.Module`` that takes pixel images in [0, 1]
+    (its normalization inside it); a module is put in eval mode and moved to ``device``.
     ``dataset`` and ``eps`` (pixel space, ``8/255`` or a number) default to what the
-    checkpoint records; ``arch`` and ``num_classes`` are for checkpoints that do not say
-    them (for a module, ``arch`` only names it in the results, as ``name`` does).
+    checkpoint records. ``config`` holds everything else (:class:`EvalConfig`: methods,
+    mode, attack, alpha-CROWN, branch and bound, chunk sizes, image range, seed).
     ``data_dir`` defaults to ``$CERTIFY_DATA``, else ``./data`` (for the bundled model on
     MNIST, to the images that ship with it). ``progress(stage, done, total)`` is called
-    after every batch.
-
-    By default each image is decided by the cheapest stage that can (a cascade: the clean
-    prediction, IBP, CROWN-IBP, PGD, CROWN, alpha-CROWN, of the ``methods`` named), and
-    a sample of the verified images is attacked as a check (``check_all``: every one);
-    ``every_method`` runs each method and PGD on every image instead. PGD takes
-    ``pgd_steps`` steps from ``pgd_restarts`` random starts per loss (``pgd_loss``:
-    margin, ce or both); the defaults depend on the mode
-    (:data:`~certify.evaluation.images.DEFAULT_PGD`). alpha-CROWN optimizes its slopes
-    for ``alpha_iterations`` steps at learning rate ``alpha_lr``. The ``bab`` method
-    (complete verification by branch and bound, after alpha-CROWN) gives up on an image
-    after ``timeout`` seconds or before a round would bound more than ``max_domains``
-    subdomains, branching with ``branching`` (``fsb`` or ``babsr``) on ``bab_batch``
-    subdomains at once (None: as many as fit in memory).
+    after every batch; ``name`` names the model in the results (default: its file's name,
+    or a module's class).
 
     With ``journal`` (a file), each slice of images is appended to it as soon as it is
     decided; ``resume`` takes the slices an earlier run with the same settings left there
@@ -119,98 +84,55 @@ def evaluate(
     Raises :class:`~certify.core.errors.SoundnessError` if a verified image was
     misclassified or attacked. Under ``torchrun`` each process evaluates its shard of the
     images; rank 0 returns the merged result and the other processes return None.
-    """
-    mode = EvalMode.EVERY_METHOD if every_method else EvalMode.CASCADE
-    # PGD's random starts mix the seed with each image's index into torch's 64-bit seed.
-    if not 0 <= seed < 2**32:
-        raise UsageError(f"{seed}: give a seed from 0 to 2**32 - 1", param="seed")
-    args = _checked_arguments(
-        eps, methods, num_samples, start, batch_size, crown_batch_size, mean, std, device,
-    )  # fmt: skip
-    pgd = _attack(mode, pgd_steps, pgd_restarts, pgd_loss)
-    alpha = AlphaCrownOptions(alpha_iterations, alpha_lr)
-    bab = BabOptions(
-        BabLimits(float(timeout), max_domains),
-        parse_choice(Branching, branching, param="branching", what="heuristic"),
-        bab_batch,
-    )
-    loaded, source = _load(model, arch, dataset, num_classes, args.mean, args.std)
-    if dataset is None and loaded.dataset is None:
-        raise UsageError(f"{source} does not say its data set: give one", param="dataset")
-    chosen = parse_dataset(dataset or loaded.dataset)
-    eps_value = args.eps if args.eps is not None else loaded.eps
-    if eps_value is None:
-        raise UsageError(f"{source} does not say its eps: give one, e.g. 8/255", param="eps")
-    folder = Path(data_dir).expanduser() if data_dir else _data_dir(model, chosen)
-    data = load_split(chosen, folder, "test", start, num_samples)
-    _check_input_shape(loaded.model, data.images, chosen, source)
-    if loaded.conversion_difference is not None:
-        # Also the images at hand, against the original graph: a converter bug that only
-        # shows on real images must not go unseen. Imported here: onnx and onnxruntime
-        # load slowly, and only ONNX models need them.
-        from model_zoo.onnx.check import check_conversion
 
-        on_data = check_conversion(
-            loaded.model, Path(model), loaded.input_shape, mean=loaded.mean, std=loaded.std,
-            images=data.images[:_CONVERSION_PROBES],
-        )  # fmt: skip
-        loaded.conversion_difference = max(loaded.conversion_difference, on_data)
-    config = EvalConfig(
-        eps=eps_value,
-        methods=tuple(args.methods),
-        pgd=pgd,
-        batch_size=batch_size,
-        crown_batch_size=crown_batch_size,
-        seed=seed,
-        mode=mode,
-        check_all=check_all,
-        alpha=alpha,
-        bab=bab,
-    )
+    The keyword form of earlier releases (``methods=...``, ``num_samples=...``,
+    ``mean=...``, ...) still works for one release, with a :class:`DeprecationWarning`.
+    """
+    if keywords:
+        model, config = _from_keywords(model, config, keywords)
+    config = config if config is not None else EvalConfig()
+    if not isinstance(config, EvalConfig):
+        raise UsageError(f"give an EvalConfig, not {type(config).__name__}", param="config")
+    chosen = parse_dataset(dataset) if dataset is not None else None
+    eps_value = parse_eps(eps) if eps is not None else None
+    device = device if isinstance(device, torch.device) else resolve_device(device)
     if resume and journal is None:
         raise UsageError("needs a journal file to resume from", param="resume")
+    loaded, data = _load(model, chosen, config, data_dir)
+    chosen = data.dataset
+    if eps_value is None:
+        eps_value = loaded.eps
+    if eps_value is None:
+        raise UsageError(
+            f"{_source(model, loaded)} does not say its eps: give one, e.g. 8/255", param="eps"
+        )
     if journal is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # The processes of a torchrun job share the images out: no one journal holds them.
         if resume:
             raise UsageError("cannot resume a run of several processes: run one", param="resume")
         journal = None
     if journal is not None:
-        fingerprint = _fingerprint(model, source, chosen, data.start, len(data.labels), config)
+        fingerprint = _fingerprint(model, loaded, chosen, data, eps_value, config)
         outcomes, seconds = _evaluate_journaled(
-            Journal(Path(journal), fingerprint, resume), loaded.model, data.images,
-            data.labels, data.start, config, args.device, progress,
+            Journal(Path(journal), fingerprint, resume), loaded.model, data, eps_value,
+            config, device, progress,
         )  # fmt: skip
         processes = 1
     else:
         outcomes, seconds, processes = _evaluate_sharded(
-            loaded.model, data.images, data.labels, data.start, config, args.device, progress
+            loaded.model, data, eps_value, config, device, progress
         )
     if outcomes is None:  # another process reports
         return None
-    settings = {
-        "model": name or source,
-        "arch": arch if isinstance(model, nn.Module) and arch else loaded.arch,
-        "dataset": chosen.value,
-        "eps": format_eps(eps_value),
-        "eps_value": eps_value,
-        "start": data.start,
-        "mode": mode.value,
-        "pgd_steps": pgd.steps,
-        "pgd_restarts": pgd.restarts,
-        "pgd_loss": ",".join(loss.value for loss in pgd.losses),
-        "device": describe_device(args.device)
-        + (f" x{processes} processes" if processes > 1 else ""),
-        "onnx_difference": loaded.conversion_difference,
-        "torch": torch.__version__,
-        "certify": __version__,
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    if BoundMethod.BAB in config.methods:
-        settings |= {
-            "bab_timeout": bab.limits.timeout,
-            "bab_max_domains": bab.limits.max_domains,
-            "bab_branching": bab.branching.value,
-        }
+    settings = EvalSettings(
+        model=name or _source(model, loaded),
+        arch=loaded.arch,
+        dataset=chosen.value,
+        eps=eps_value,
+        config=dataclasses.replace(config, start=data.start),
+        device=describe_device(device) + (f" x{processes} processes" if processes > 1 else ""),
+        onnx_difference=loaded.conversion_difference,
+    )
     result = EvalResult(settings, summarize(outcomes, seconds), outcomes)
     try:
         check_consistency(outcomes)
@@ -220,97 +142,132 @@ def evaluate(
     return result
 
 
-@dataclass(frozen=True)
-class _Arguments:
-    eps: float | None
-    methods: list[BoundMethod]
-    mean: tuple[float, ...] | None
-    std: tuple[float, ...] | None
-    device: torch.device
-
-
-def _checked_arguments(
-    eps: float | str | None,
-    methods: str | Sequence[str | BoundMethod],
-    num_samples: int | None,
-    start: int,
-    batch_size: int,
-    crown_batch_size: int | None,
-    mean: Sequence[float] | None,
-    std: Sequence[float] | None,
-    device: str | torch.device,
-) -> _Arguments:
-    """The arguments that need no model or data, checked and converted."""
-    if (mean is None) != (std is None):
-        raise UsageError("`mean` and `std` go together: give both or neither", param="std")
-    if mean is not None and len(mean) != len(std):
-        raise UsageError(
-            f"{len(mean)} means but {len(std)} stds: give one of each per channel", param="std"
-        )
-    if num_samples is not None and num_samples < 1:
-        raise UsageError(f"{num_samples}: give at least 1", param="num_samples")
-    if start < 0:
-        raise UsageError(f"{start}: give an index >= 0", param="start")
-    check_batch_sizes(batch_size, crown_batch_size)
-    return _Arguments(
-        eps=parse_eps(eps) if eps is not None else None,
-        methods=parse_methods(methods if isinstance(methods, str) else [str(m) for m in methods]),
-        mean=tuple(float(v) for v in mean) if mean is not None else None,
-        std=tuple(float(v) for v in std) if std is not None else None,
-        device=device if isinstance(device, torch.device) else resolve_device(device),
-    )
-
-
-def _attack(mode: EvalMode, steps: int, restarts: int | None, loss: str | None) -> PGDConfig:
-    """The attack asked for, the mode's default where an argument is None."""
-    default = DEFAULT_PGD[mode]
-    return PGDConfig(
-        steps=steps,
-        restarts=default.restarts if restarts is None else restarts,
-        losses=default.losses if loss is None else parse_losses(loss),
-    )
-
-
 def _load(
-    model: str | os.PathLike[str] | nn.Module | None,
-    arch: str | None,
-    dataset: str | Dataset | None,
-    num_classes: int | None,
-    mean: tuple[float, ...] | None,
-    std: tuple[float, ...] | None,
-) -> tuple[LoadedModel, str]:
-    """The model over pixels in [0, 1], and how results name it."""
-    if not isinstance(model, nn.Module):
-        path = Path(model) if model is not None else EMBEDDED_MODEL
-        chosen = parse_dataset(dataset) if dataset is not None else None
-        loaded = load_model(
-            path, arch=arch, dataset=chosen, num_classes=num_classes, mean=mean, std=std
-        )
-        return loaded, path.name
-    if num_classes is not None:
-        raise UsageError(
-            "applies to checkpoint files; a module's outputs give its classes",
-            param="num_classes",
-        )
-    network = NormalizedModel(model, mean, std) if mean is not None else model
-    spec = get_spec(dataset) if dataset is not None else None
-    loaded = LoadedModel(
-        model=network.eval(),
-        arch=type(model).__name__,
-        dataset=spec.name.value if spec else None,
-        num_classes=spec.num_classes if spec else 0,
-        input_shape=spec.input_shape if spec else (0, 0, 0),
-        mean=mean or (),
-        std=std or (),
+    model: ModelLike | None, dataset: Dataset | None, config: EvalConfig, data_dir: Any
+) -> tuple[LoadedModel, ImageData]:
+    """The model over pixels in [0, 1] and its test images ``config`` asks for."""
+    if isinstance(model, LoadedModel | nn.Module):
+        loaded = model if isinstance(model, LoadedModel) else _wrap_module(model)
+        chosen = dataset or loaded.dataset
+        if chosen is None:
+            raise UsageError(
+                f"{_source(model, loaded)} does not say its data set: give one", param="dataset"
+            )
+        data = _load_data(model, chosen, config, data_dir)
+    else:
+        file = _model_file(model)
+        if dataset is None:
+            # A checkpoint says its data set; an ONNX file makes load_model ask for one.
+            loaded = file.load()
+            if loaded.dataset is None:
+                raise UsageError(
+                    f"{file.path.name} does not say its data set: give one", param="dataset"
+                )
+            data = _load_data(model, loaded.dataset, config, data_dir)
+        else:
+            data = _load_data(model, dataset, config, data_dir)
+            loaded = file.load(dataset, probes=data.images[:_CONVERSION_PROBES])
+    _check_input_shape(loaded.model, data.images, data.dataset, _source(model, loaded))
+    return loaded, data
+
+
+def _model_file(model: str | os.PathLike[str] | ModelFile | None) -> ModelFile:
+    if isinstance(model, ModelFile):
+        return model
+    return ModelFile(Path(model) if model is not None else EMBEDDED_MODEL)
+
+
+def _wrap_module(module: nn.Module, arch: str | None = None) -> LoadedModel:
+    return LoadedModel(
+        model=module.eval(),
+        arch=arch or type(module).__name__,
+        dataset=None,
+        num_classes=0,
+        input_shape=(0, 0, 0),
+        mean=(),
+        std=(),
         eps=None,
         source_format="module",
     )
-    return loaded, type(model).__name__
+
+
+def _source(model: ModelLike | None, loaded: LoadedModel) -> str:
+    """How results name the model: its file's name, or a module's class."""
+    if loaded.path is not None:
+        return loaded.path.name
+    if isinstance(model, nn.Module):
+        return type(model).__name__
+    return loaded.arch
+
+
+def _load_data(model: Any, dataset: Dataset, config: EvalConfig, data_dir: Any) -> ImageData:
+    folder = Path(data_dir).expanduser() if data_dir else _data_dir(model, dataset)
+    return load_split(dataset, folder, "test", config.start, config.num_samples)
+
+
+# The keyword arguments of the earlier form of evaluate: those of the model's loading,
+# and those that became EvalConfig's.
+_MODEL_KEYWORDS = ("mean", "std", "arch", "num_classes")
+_CONFIG_KEYWORDS = (
+    "methods", "num_samples", "start", "batch_size", "crown_batch_size", "pgd_steps",
+    "pgd_restarts", "pgd_loss", "every_method", "check_all", "alpha_iterations",
+    "alpha_lr", "timeout", "max_domains", "branching", "bab_batch", "seed",
+)  # fmt: skip
+
+
+def _from_keywords(
+    model: ModelLike | None, config: EvalConfig | None, keywords: dict[str, Any]
+) -> tuple[ModelLike | None, EvalConfig]:
+    """The model and config the keyword form of earlier releases describes."""
+    unknown = sorted(set(keywords) - set(_MODEL_KEYWORDS) - set(_CONFIG_KEYWORDS))
+    if unknown:
+        raise TypeError(f"evaluate() got unexpected keyword arguments: {', '.join(unknown)}")
+    if config is not None and set(keywords) & set(_CONFIG_KEYWORDS):
+        raise UsageError("give the settings in `config` or as keywords, not both", param="config")
+    warnings.warn(
+        "certify.evaluate(..., methods=..., num_samples=..., ...) is deprecated: pass "
+        "config=certify.EvalConfig(...) (and a model_zoo.ModelFile for arch, num_classes, "
+        "mean and std)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    model = _model_from_keywords(model, **{k: keywords.pop(k) for k in _MODEL_KEYWORDS
+                                          if k in keywords})  # fmt: skip
+    if config is None:
+        config = config_from_flat(**keywords)
+    return model, config
+
+
+def _model_from_keywords(
+    model: ModelLike | None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    arch: str | None = None,
+    num_classes: int | None = None,
+) -> ModelLike | None:
+    if isinstance(model, nn.Module):
+        if (mean is None) != (std is None):
+            raise UsageError("`mean` and `std` go together: give both or neither", param="std")
+        if num_classes is not None:
+            raise UsageError(
+                "applies to checkpoint files; a module's outputs give its classes",
+                param="num_classes",
+            )
+        module = NormalizedModel(model, mean, std) if mean is not None else model
+        return _wrap_module(module, arch) if arch is not None else module
+    if isinstance(model, LoadedModel | ModelFile):
+        return model
+    path = Path(model) if model is not None else EMBEDDED_MODEL
+    return ModelFile(path, arch=arch, num_classes=num_classes, mean=mean, std=std)
 
 
 def _data_dir(model: Any, dataset: Dataset) -> Path:
     """The bundled model's own images for MNIST, else the default data folder."""
-    bundled = model is None or (not isinstance(model, nn.Module) and Path(model) == EMBEDDED_MODEL)
+    if isinstance(model, ModelFile):
+        model = model.path
+    bundled = model is None or (
+        isinstance(model, str | os.PathLike) and Path(model) == EMBEDDED_MODEL
+    )
     if bundled and dataset is Dataset.MNIST:
         return EMBEDDED_DATA
     return default_data_dir()
@@ -345,9 +302,8 @@ _BAB_SLICE = 8
 def _evaluate_journaled(
     journal: Journal,
     model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    first_index: int,
+    data: ImageData,
+    eps: float,
     config: EvalConfig,
     device: torch.device,
     progress: ProgressFn | None,
@@ -360,13 +316,14 @@ def _evaluate_journaled(
     for _, spent in journal.done:
         _add_seconds(seconds, spent)
     size = _BAB_SLICE if BoundMethod.BAB in config.methods else max(_SLICE, config.batch_size)
-    for lo in range(0, len(labels), size):
-        hi = min(lo + size, len(labels))
-        if all(first_index + i in covered for i in range(lo, hi)):
+    for lo in range(0, len(data.labels), size):
+        hi = min(lo + size, len(data.labels))
+        if all(data.start + i in covered for i in range(lo, hi)):
             continue
         outcomes, spent = evaluate_images(
-            model, images[lo:hi], labels[lo:hi], config, device, first_index + lo, progress
-        )
+            model, data.images[lo:hi], data.labels[lo:hi], eps, config, device,
+            data.start + lo, progress,
+        )  # fmt: skip
         journal.append(outcomes, spent)
         parts.append(outcomes)
         _add_seconds(seconds, spent)
@@ -379,36 +336,32 @@ def _add_seconds(total: dict[str, float], spent: dict[str, float]) -> None:
 
 
 def _fingerprint(
-    model: Any, source: str, dataset: Dataset, start: int, count: int, config: EvalConfig
+    model: Any,
+    loaded: LoadedModel,
+    dataset: Dataset,
+    data: ImageData,
+    eps: float,
+    config: EvalConfig,
 ) -> dict[str, Any]:
     """What decides the results of an evaluation: a resumed run must match it."""
     file = None
-    if not isinstance(model, nn.Module):
-        path = Path(model) if model is not None else EMBEDDED_MODEL
-        stat = path.stat()
-        file = [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    if loaded.path is not None:
+        stat = loaded.path.stat()
+        file = [str(loaded.path.resolve()), stat.st_size, stat.st_mtime_ns]
     return {
-        "model": file or source,
+        "model": file or _source(model, loaded),
         "dataset": dataset.value,
-        "start": start,
-        "num_samples": count,
-        "eps": config.eps,
-        "methods": [m.value for m in config.methods],
-        "mode": config.mode.value,
-        "pgd": [config.pgd.steps, config.pgd.restarts, [x.value for x in config.pgd.losses]],
-        "alpha": [config.alpha.iterations, config.alpha.lr],
-        "bab": [config.bab.limits.timeout, config.bab.limits.max_domains,
-                config.bab.branching.value],
-        "seed": config.seed,
-        "check_all": config.check_all,
-    }  # fmt: skip
+        "start": data.start,
+        "num_samples": len(data.labels),
+        "eps": eps,
+        **config.fingerprint(),
+    }
 
 
 def _evaluate_sharded(
     model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    first_index: int,
+    data: ImageData,
+    eps: float,
     config: EvalConfig,
     device: torch.device,
     progress: ProgressFn | None,
@@ -418,14 +371,15 @@ def _evaluate_sharded(
     and the number of processes."""
     shard = shard_from_environment(device)
     try:
-        lo, hi = shard.bounds(len(labels))
+        lo, hi = shard.bounds(len(data.labels))
         outcomes, seconds = evaluate_images(
             model,
-            images[lo:hi],
-            labels[lo:hi],
+            data.images[lo:hi],
+            data.labels[lo:hi],
+            eps,
             config,
             device_for(shard, device),
-            first_index + lo,
+            data.start + lo,
             progress if shard.is_main else None,
         )
         parts = gather(outcomes, shard)

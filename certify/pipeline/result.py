@@ -15,8 +15,11 @@ import pandas as pd
 from rich.table import Table
 
 from certify.core.csv_files import append_rows, write_rows
+from certify.core.eps import format_eps
 from certify.evaluation.counterexamples import save_counterexample
+from certify.evaluation.modes import EvalMode
 from certify.evaluation.outcomes import EvalSummary, SampleOutcomes
+from certify.pipeline.settings import EvalSettings
 from reports.eval_csv import (
     EVAL_COLUMNS,
     check_result_files,
@@ -29,11 +32,11 @@ from reports.summary_table import summary_table
 
 @dataclass
 class EvalResult:
-    """``settings`` says what was evaluated and how (model, arch, dataset, eps, start,
-    PGD, device, versions, date); ``summary`` the errors per method; ``outcomes`` the
-    per-image results."""
+    """``settings`` says what was evaluated and how (model, arch, data set, eps, the
+    :class:`~certify.evaluation.config.EvalConfig`, device, versions, date); ``summary``
+    the errors per method; ``outcomes`` the per-image results."""
 
-    settings: dict[str, Any]
+    settings: EvalSettings
     summary: EvalSummary
     outcomes: SampleOutcomes
 
@@ -48,10 +51,10 @@ class EvalResult:
         return pd.DataFrame(sample_rows(self.outcomes), columns=self._sample_columns())
 
     def title(self) -> str:
-        m = self.settings
+        s = self.settings
         return (
-            f"{m['model']} ({m['arch']}) on {m['dataset']} [{m['start']}:"
-            f"{m['start'] + self.summary.num_samples}], eps {m['eps']}, {m['device']}"
+            f"{s.model} ({s.arch}) on {s.dataset} [{s.start}:"
+            f"{s.start + self.summary.num_samples}], eps {format_eps(s.eps)}, {s.device}"
         )
 
     def table(self) -> Table:
@@ -64,8 +67,8 @@ class EvalResult:
 
     def to_json(self) -> dict[str, Any]:
         s = self.summary
-        cascade = {"decided": s.decided} if s.mode == "cascade" else {}
-        return self.settings | {
+        cascade = {"decided": s.decided} if s.mode == EvalMode.CASCADE else {}
+        return self.settings.columns() | {
             "num_samples": s.num_samples,
             "clean_wrong": s.clean_wrong,
             "pgd_attacked": s.pgd_attacked,
@@ -85,7 +88,7 @@ class EvalResult:
 
     def write_counterexamples(self, folder: str | Path) -> list[Path]:
         """One ``<index>.pt`` file per counterexample branch and bound confirmed."""
-        eps = float(self.settings["eps_value"])
+        eps = self.settings.eps
         found = self.outcomes.counterexamples
         return [save_counterexample(Path(folder), found[index], eps) for index in sorted(found)]
 
@@ -99,7 +102,7 @@ class EvalResult:
         check_result_files(out, per_sample)
         written = []
         if out is not None:
-            append_rows(out, summary_rows(self.settings, self.summary), EVAL_COLUMNS)
+            append_rows(out, summary_rows(self.settings.columns(), self.summary), EVAL_COLUMNS)
             written.append(out)
         if per_sample is not None:
             write_rows(per_sample, sample_rows(self.outcomes), self._sample_columns())

@@ -198,7 +198,7 @@ def model_from_checkpoint(
     return LoadedModel(
         model=model,
         arch=arch_name,
-        dataset=geometry.dataset.value if geometry.dataset else None,
+        dataset=geometry.dataset,
         num_classes=geometry.num_classes,
         input_shape=(geometry.in_ch, geometry.in_dim, geometry.in_dim),
         mean=tuple(mean),

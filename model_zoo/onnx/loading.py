@@ -96,6 +96,7 @@ def load_onnx(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     input_shape: tuple[int, int, int] | None = None,
+    probes: torch.Tensor | None = None,
 ) -> LoadedOnnx:
     """Load, check, rewrite and convert the ONNX classifier at ``path``, and check the
     conversion against onnxruntime.
@@ -107,8 +108,10 @@ def load_onnx(
     onnxruntime runs the graph as read from the file (before the rewrites) on probe
     images, normalized with ``mean``/``std`` and in the graph's declared layout, and the
     wrapped torch module must give the same logits
-    (:func:`~model_zoo.onnx.check.check_conversion`); the largest difference is kept
-    as :attr:`LoadedOnnx.conversion_difference`.
+    (:func:`~model_zoo.onnx.check.check_conversion`), on ``probes`` too when given
+    (images of the data set at hand: a converter bug that shows only on real images must
+    not go unseen); the largest difference is kept as
+    :attr:`LoadedOnnx.conversion_difference`.
 
     Raises :class:`CheckpointError` for a missing, unreadable or unsafe file,
     :class:`ModelError` for a graph that is invalid, cannot be converted, or converts
@@ -143,8 +146,9 @@ def load_onnx(
     _check_batching(model, shape, path)
     try:
         difference = check_conversion(
-            model, original, shape, mean=mean, std=std, channels_last=channels_last
-        )
+            model, original, shape, mean=mean, std=std, channels_last=channels_last,
+            images=probes,
+        )  # fmt: skip
     except ModelError as exc:
         raise ModelError(f"{path}: {exc}") from None
     return LoadedOnnx(

@@ -12,13 +12,7 @@ counterexample at the points the bounds point to (evaluation does, with PGD and 
 float64 check of the original model).
 """
 
-from certify.bounds.bab.branching import Branching
-from certify.bounds.bab.search import (
-    BabLimits,
-    BabOptions,
-    BabOutcome,
-    BabVerdict,
-    branch_and_bound,
-)
+from certify.bounds.bab.search import BabOutcome, BabVerdict, branch_and_bound
+from certify.bounds.options import BabLimits, BabOptions, Branching
 
 __all__ = ["BabLimits", "BabOptions", "BabOutcome", "BabVerdict", "Branching", "branch_and_bound"]

@@ -18,18 +18,11 @@ unstable neuron gets layer -1.
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import StrEnum
 
 import torch
 from torch import Tensor
 
 from certify.bounds.bab.domains import Domains
-
-
-class Branching(StrEnum):
-    BABSR = "babsr"
-    FSB = "fsb"
-
 
 # Candidates per heuristic in FSB (alpha-beta-CROWN's default is also a handful).
 FSB_CANDIDATES = 3

@@ -25,9 +25,11 @@ import torch
 from torch import Tensor
 
 from certify.bounds.bab.beta_crown import Optimization, OutOfTime, SplitBounder
-from certify.bounds.bab.branching import Branching, choose_babsr, choose_fsb
+from certify.bounds.bab.branching import choose_babsr, choose_fsb
 from certify.bounds.bab.domains import Domains
-from certify.core.errors import UsageError
+from certify.bounds.options import BabLimits, Branching
+
+_DEFAULT_LIMITS = BabLimits()
 
 CounterexampleSearch = Callable[[Tensor, int], Tensor | None]
 """Called as ``search(points, round)`` with candidate inputs (P x image shape) inside the
@@ -39,35 +41,6 @@ class BabVerdict(StrEnum):
     ATTACKED = "attacked"
     TIMEOUT = "timeout"  # the time limit ran out
     DOMAIN_LIMIT = "domain-limit"  # the next round would pass the limit on subdomains
-
-
-@dataclass(frozen=True)
-class BabLimits:
-    """When branch and bound gives up on an image: after ``timeout`` seconds, or before a
-    round that would bring the subdomains bounded to more than ``max_domains``."""
-
-    timeout: float = 60.0
-    max_domains: int = 100_000
-
-    def __post_init__(self) -> None:
-        if not self.timeout > 0 or math.isnan(self.timeout):
-            raise UsageError(f"{self.timeout}: give a positive number of seconds", param="timeout")
-        if self.max_domains < 1:
-            raise UsageError(f"{self.max_domains}: give at least 1", param="max_domains")
-
-
-@dataclass(frozen=True)
-class BabOptions:
-    """Branch and bound as evaluation runs it: the limits, the branching heuristic, and
-    the subdomains bounded at once (None: as many as fit in memory, up to 256)."""
-
-    limits: BabLimits = BabLimits()
-    branching: Branching = Branching.FSB
-    batch: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.batch is not None and self.batch < 2:
-            raise UsageError(f"{self.batch}: give at least 2 subdomains", param="bab_batch")
 
 
 @dataclass(frozen=True)
@@ -105,7 +78,7 @@ def branch_and_bound(
     find_counterexample: CounterexampleSearch,
     *,
     branching: Branching = Branching.FSB,
-    limits: BabLimits = BabLimits(),
+    limits: BabLimits = _DEFAULT_LIMITS,
     batch: int = 64,
     root_optimization: Optimization = ROOT_OPTIMIZATION,
     optimization: Optimization = SPLIT_OPTIMIZATION,
