@@ -8,12 +8,14 @@ checkpoint formats live in :mod:`model_zoo.checkpoint`, ONNX loading in
 """
 
 from model_zoo import architectures  # noqa: F401  (registers every architecture)
+from model_zoo.definition import ModelDefinition
 from model_zoo.loaded import LoadedModel
 from model_zoo.loading import ModelFile, load_model
 from model_zoo.registry import create_model, list_models, register_model
 
 __all__ = [
     "LoadedModel",
+    "ModelDefinition",
     "ModelFile",
     "create_model",
     "list_models",

@@ -17,7 +17,10 @@ import torch
 from certify.core.datasets import Dataset, get_spec, parse_dataset
 from certify.core.errors import CheckpointError, UsageError
 from model_zoo.checkpoint import load_checkpoint
+from model_zoo.checkpoint.loading import load_defined
+from model_zoo.definition import ModelDefinition
 from model_zoo.loaded import LoadedModel
+from model_zoo.normalization import NormalizedModel
 
 
 def load_model(
@@ -29,13 +32,19 @@ def load_model(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     probes: torch.Tensor | None = None,
+    definition: ModelDefinition | None = None,
 ) -> LoadedModel:
     """Load a checkpoint or ONNX file as a model over pixel images in [0, 1].
 
     ``arch`` and ``num_classes`` are for checkpoints that do not say them, ``mean`` and
-    ``std`` for ONNX models that normalize outside. An ONNX model is checked against
-    onnxruntime on fixed probe images and on ``probes`` (images of the data set at hand)."""
-    loaded = _load(path, arch, dataset, num_classes, mean, std, probes)
+    ``std`` for ONNX models (and defined ones) that normalize outside. An ONNX model is
+    checked against onnxruntime on fixed probe images and on ``probes`` (images of the
+    data set at hand). With ``definition`` the checkpoint's weights go into the network
+    that the user's code builds (:mod:`model_zoo.definition`: this runs that code)."""
+    if definition is not None:
+        loaded = _load_defined(path, definition, arch, dataset, num_classes, mean, std)
+    else:
+        loaded = _load(path, arch, dataset, num_classes, mean, std, probes)
     loaded.path = Path(path)
     return loaded
 
@@ -50,6 +59,7 @@ class ModelFile:
     num_classes: int | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    definition: ModelDefinition | None = None
 
     def __post_init__(self) -> None:
         mean, std = self.mean, self.std
@@ -70,8 +80,35 @@ class ModelFile:
     ) -> LoadedModel:
         return load_model(
             self.path, arch=self.arch, dataset=dataset, num_classes=self.num_classes,
-            mean=self.mean, std=self.std, probes=probes,
+            mean=self.mean, std=self.std, probes=probes, definition=self.definition,
         )  # fmt: skip
+
+
+def _load_defined(
+    path: str | Path,
+    definition: ModelDefinition,
+    arch: str | None,
+    dataset: Dataset | str | None,
+    num_classes: int | None,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> LoadedModel:
+    if Path(path).suffix.lower() == ".onnx":
+        raise UsageError(
+            "applies to checkpoints; an ONNX file carries its network", param="model_def"
+        )
+    for name, value in (("arch", arch), ("num_classes", num_classes)):
+        if value is not None:
+            raise UsageError("the model definition gives the network: leave it out", param=name)
+    loaded = load_defined(path, definition, parse_dataset(dataset) if dataset else None)
+    if mean is not None and std is not None:
+        if isinstance(loaded.model, NormalizedModel):
+            raise UsageError(
+                "the checkpoint stores its normalization: leave out mean and std", param="mean"
+            )
+        loaded.model = NormalizedModel(loaded.model, mean, std).eval()
+        loaded.mean, loaded.std = tuple(mean), tuple(std)
+    return loaded
 
 
 def _load(

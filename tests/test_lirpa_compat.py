@@ -249,7 +249,7 @@ def test_missing_auto_lirpa_says_to_run_install_sh(monkeypatch: pytest.MonkeyPat
     def find_spec(name: str, *args: object) -> object:
         return None if name == "auto_LiRPA" else real_find_spec(name, *args)
 
-    monkeypatch.setattr(lirpa, "_MODULE", None)
+    monkeypatch.setattr(lirpa.registry, "_MODULE", None)
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     with pytest.raises(CertifyError, match=r"\./install\.sh") as info:
         lirpa.load_auto_lirpa()
@@ -842,13 +842,16 @@ def test_evaluate_a_model_without_parameters(shared_data: Path) -> None:
     """certify.evaluate bounds a buffer-only module by CROWN on every image, with the
     margins of the same network with parameters."""
     import certify
+    from certify.evaluation.attack import PGDConfig
 
     model, reference = _parameterless_cnn(channels=1, size=28, classes=10)
-    settings = {
-        "dataset": "mnist", "eps": 0.01, "data_dir": shared_data, "methods": "crown",
-        "num_samples": 8, "every_method": True, "pgd_steps": 2,
-    }  # fmt: skip
-    ours, theirs = certify.evaluate(model, **settings), certify.evaluate(reference, **settings)
+    config = certify.EvalConfig(
+        methods="crown", mode="every-method", num_samples=8, attack=PGDConfig(steps=2)
+    )
+    ours, theirs = (
+        certify.evaluate(network, "mnist", 0.01, config, data_dir=shared_data)
+        for network in (model, reference)
+    )
     lower = ours.outcomes.margin_lower[BoundMethod.CROWN]
     assert lower.shape == (8,) and torch.isfinite(lower).all()
     _assert_close((lower,), (theirs.outcomes.margin_lower[BoundMethod.CROWN],))

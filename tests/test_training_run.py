@@ -305,9 +305,11 @@ def test_a_soundness_failure_in_the_final_evaluation_exits_3(
     3, the per-image file in the run folder, the checkpoints kept."""
     from certify.evaluation import images
 
-    monkeypatch.setattr(images._Run, "_bound", lambda self, which, method: torch.ones(len(which)))
+    monkeypatch.setattr(
+        images._ImageRun, "_bound", lambda self, which, method: torch.ones(len(which))
+    )
     attacked = lambda self, which, stage: torch.zeros(len(which), dtype=torch.bool)  # noqa: E731
-    monkeypatch.setattr(images._Run, "_attack", attacked)
+    monkeypatch.setattr(images._ImageRun, "_attack", attacked)
     out = tmp_path / "run"
     args = [
         "train", "--dataset", "mnist", "--data-dir", str(shared_data), "--out-dir", str(out),

@@ -23,7 +23,7 @@ from certify.bounds.options import AlphaCrownOptions, BabLimits, BabOptions, Bra
 from certify.commands.base import CertifyCommand, write_soundness_evidence
 from certify.core.datasets import Dataset
 from certify.core.devices import DeviceChoice
-from certify.core.errors import SoundnessError
+from certify.core.errors import SoundnessError, UsageError
 from certify.evaluation.config import DEFAULT_PGD, EvalConfig, EvalMode, config_from_flat
 from certify.evaluation.images import ProgressFn
 
@@ -60,6 +60,13 @@ def _floats(ctx: click.Context, param: click.Parameter, text: str | None):
 @click.option("--eps", help="L_inf radius in [0,1] pixel space, e.g. 8/255 or 0.0314.")
 @click.option("--arch", help="Architecture of a foreign checkpoint (see `certify models`).")
 @click.option("--num-classes", type=int, help="Classes of a foreign checkpoint.")
+@click.option(
+    "--model-def",
+    metavar="FILE.py:FACTORY",
+    help="Build the network with your own code (FILE.py:FACTORY or module:factory; this "
+    "runs that code), then load the checkpoint into it.",
+)
+@click.option("--model-args", metavar="JSON", help="Keyword arguments of the --model-def factory.")
 @click.option("--mean", callback=_floats, help="Per-channel mean, for ONNX models " + _OUTSIDE)
 @click.option("--std", callback=_floats, help="Per-channel std, for ONNX models " + _OUTSIDE)
 @click.option(
@@ -192,15 +199,19 @@ def eval_command(
     from certify.pipeline.embedded import EMBEDDED_MODEL
     from certify.pipeline.evaluate import evaluate
     from certify.pipeline.journal import journal_path
-    from model_zoo import ModelFile
+    from model_zoo import ModelDefinition, ModelFile
     from reports.eval_csv import check_result_files
 
     if threads is not None:
         torch.set_num_threads(threads)
+    model_def, model_args = options.pop("model_def"), options.pop("model_args")
+    if model_args is not None and model_def is None:
+        raise UsageError("goes with `model_def`: give the factory too", param="model_args")
     model = ModelFile(
         Path(model_path) if model_path else EMBEDDED_MODEL,
         arch=options.pop("arch"), num_classes=options.pop("num_classes"),
         mean=options.pop("mean"), std=options.pop("std"),
+        definition=ModelDefinition.parse(model_def, model_args) if model_def else None,
     )  # fmt: skip
     config = config_from_flat(**options)
 

@@ -348,8 +348,10 @@ def _fingerprint(
     if loaded.path is not None:
         stat = loaded.path.stat()
         file = [str(loaded.path.resolve()), stat.st_size, stat.st_mtime_ns]
+    definition = model.definition if isinstance(model, ModelFile) else None
     return {
         "model": file or _source(model, loaded),
+        "definition": [definition.describe(), dict(definition.args)] if definition else None,
         "dataset": dataset.value,
         "start": data.start,
         "num_samples": len(data.labels),

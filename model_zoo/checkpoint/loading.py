@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from certify.core.datasets import get_spec, parse_dataset
+from certify.core.datasets import Dataset, get_spec, parse_dataset
 from certify.core.errors import (
     CertifyError,
     CheckpointError,
@@ -34,10 +34,12 @@ from model_zoo.checkpoint.formats import (
     ADAPTERS,
     Adapted,
     Normalization,
+    clean_state_dict,
     detect_format,
     shown,
 )
 from model_zoo.checkpoint.reading import read_checkpoint
+from model_zoo.definition import ModelDefinition
 from model_zoo.loaded import LoadedModel
 from model_zoo.normalization import NormalizedModel
 from model_zoo.registry import canonical_name, create_model, list_models
@@ -205,4 +207,89 @@ def model_from_checkpoint(
         std=tuple(std),
         eps=float(eps) if isinstance(eps, int | float) else None,
         source_format=fmt,
+    )
+
+
+def load_defined(
+    path: str | os.PathLike[str],
+    definition: ModelDefinition,
+    dataset: Dataset | None = None,
+) -> LoadedModel:
+    """The checkpoint at ``path`` loaded into the network that ``definition`` builds (which
+    runs the user's code), strictly, after the same format detection as for the registry's
+    architectures. The network takes what it was trained on: pixels in [0, 1] unless the
+    file stores a normalization (then it is wrapped in it)."""
+    try:
+        raw = read_checkpoint(path)
+        fmt = detect_format(raw)
+        adapted = ADAPTERS[fmt](raw)
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    network = definition.build()
+    _load_strictly(network, [adapted.state_dict, _unadapted(raw)], path, definition)
+    stored = adapted.meta.get("dataset")
+    if dataset is None and isinstance(stored, str):
+        dataset = parse_dataset(stored)
+    spec = get_spec(dataset) if dataset is not None else None
+    channels = spec.channels if spec is not None else 1
+    mean, std = adapted.normalization or ((0.0,) * channels, (1.0,) * channels)
+    model = NormalizedModel(network, mean, std) if adapted.normalization else network
+    eps = adapted.meta.get("eps")
+    return LoadedModel(
+        model=model.eval(),
+        arch=definition.describe(),
+        dataset=dataset,
+        num_classes=spec.num_classes if spec is not None else 0,
+        input_shape=spec.input_shape if spec is not None else (0, 0, 0),
+        mean=tuple(mean),
+        std=tuple(std),
+        eps=float(eps) if isinstance(eps, int | float) else None,
+        source_format=fmt,
+    )
+
+
+def _unadapted(raw: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The file's state dict with only wrapper prefixes stripped: a user's network may
+    name its layers as a format adapter would strip them (``layers.``)."""
+    for key in ("state_dict", "model_state_dict"):
+        if isinstance(raw.get(key), Mapping):
+            return clean_state_dict(raw[key])
+    return clean_state_dict(raw)
+
+
+# Keys named in an error about a state dict that does not fit, at most.
+_SHOWN_KEYS = 4
+
+
+def _load_strictly(
+    network: nn.Module,
+    candidates: list[Mapping[str, torch.Tensor]],
+    path: str | os.PathLike[str],
+    definition: ModelDefinition,
+) -> None:
+    """Load the first candidate state dict that fits ``network`` exactly; otherwise say
+    how the first one differs."""
+    own = network.state_dict()
+    for state in candidates:
+        full = dict(state)
+        for key in batchnorm_counters(network) - set(full):
+            full[key] = own[key]  # eval never reads BatchNorm's batch counter
+        if set(full) == set(own) and all(full[k].shape == own[k].shape for k in own):
+            network.load_state_dict(full, strict=True)
+            return
+    state = dict(candidates[0])
+    missing = [k for k in own if k not in state and k not in batchnorm_counters(network)]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and state[k].shape != own[k].shape]
+    parts = []
+    if missing:
+        parts.append(f"missing in the file: {', '.join(missing[:_SHOWN_KEYS])}")
+    if unexpected:
+        parts.append(f"not in {definition.factory}: {', '.join(unexpected[:_SHOWN_KEYS])}")
+    for key in shapes[:_SHOWN_KEYS]:
+        file_shape, model_shape = tuple(state[key].shape), tuple(own[key].shape)
+        parts.append(f"{key} is {file_shape} in the file but {model_shape} in the model")
+    raise CheckpointError(
+        f"{path}: the state dict does not fit {definition.describe()} "
+        f"({'; '.join(parts)}): check the factory and --model-args"
     )
