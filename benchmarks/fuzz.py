@@ -1,6 +1,6 @@
 """Fuzz certify's loaders: checkpoints, ONNX files and graphs, results CSVs, eps and lists.
 
-Runs each target of :mod:`benchmarks.fuzz_targets` (or the ones named) for ``--seconds``
+Runs each target of :mod:`tests.fuzz_targets` (or the ones named) for ``--seconds``
 and prints, per target, how many inputs ran and how many crashed: let out an exception
 that is not one of the project's errors, or an error message of more than one line.
 The first input of each distinct crash (exception type and project frame) is saved in
@@ -63,7 +63,7 @@ class _Recorder:
             self.signatures = old["signatures"]
 
     def record(self, data: bytes, crash) -> None:
-        from benchmarks.fuzz_targets import input_id
+        from tests.fuzz_targets import input_id
 
         self.inputs += 1
         if crash is None:
@@ -114,7 +114,7 @@ def _atheris_worker(args: argparse.Namespace) -> None:
     import atheris
 
     with atheris.instrument_imports(include=["certify", "model_zoo", "reports"]):
-        from benchmarks import fuzz_targets
+        from tests import fuzz_targets
     _quiet()
     target = fuzz_targets.TARGETS[args.worker]
     work = Path(args.work)
@@ -162,7 +162,7 @@ def _random_run(name: str, seconds: float, crashes: Path, work: Path, seed: int)
     """One target with random mutations of its seeds, in this process."""
     import random
 
-    from benchmarks import fuzz_targets
+    from tests import fuzz_targets
 
     _quiet()
     target = fuzz_targets.TARGETS[name]
@@ -184,7 +184,7 @@ def _random_run(name: str, seconds: float, crashes: Path, work: Path, seed: int)
 
 def _atheris_run(name: str, seconds: float, crashes: Path, work: Path, seed: int) -> dict:
     """Run one target's worker process, restarting it after a native crash."""
-    from benchmarks import fuzz_targets
+    from tests import fuzz_targets
 
     corpus = work / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         _atheris_worker(args)
         return 0
 
-    from benchmarks.fuzz_targets import TARGETS
+    from tests.fuzz_targets import TARGETS
 
     if args.list:
         print("\n".join(TARGETS))

@@ -48,10 +48,11 @@ def main() -> None:
 def _register_commands() -> None:
     from certify.commands.data_command import data_group
     from certify.commands.eval_command import eval_command
+    from certify.commands.export_command import export_command
     from certify.commands.models_command import models_command
     from certify.commands.plot_command import plot_command
     from certify.commands.report_command import report_command
-    from certify.commands.train_command import export_command, train_command
+    from certify.commands.train_command import train_command
 
     cli.add_command(eval_command)
     cli.add_command(models_command)

@@ -33,18 +33,21 @@ def load_model(
     std: Sequence[float] | None = None,
     probes: torch.Tensor | None = None,
     definition: ModelDefinition | None = None,
+    input_shape: tuple[int, ...] | None = None,
 ) -> LoadedModel:
     """Load a checkpoint or ONNX file as a model over pixel images in [0, 1].
 
     ``arch`` and ``num_classes`` are for checkpoints that do not say them, ``mean`` and
     ``std`` for ONNX models (and defined ones) that normalize outside. An ONNX model is
     checked against onnxruntime on fixed probe images and on ``probes`` (images of the
-    data set at hand). With ``definition`` the checkpoint's weights go into the network
-    that the user's code builds (:mod:`model_zoo.definition`: this runs that code)."""
+    data set at hand); ``input_shape`` (C, H, W) gives an ONNX model's input where no
+    built-in ``dataset`` does (a data set file of the user's). With ``definition`` the
+    checkpoint's weights go into the network that the user's code builds
+    (:mod:`model_zoo.definition`: this runs that code)."""
     if definition is not None:
         loaded = _load_defined(path, definition, arch, dataset, num_classes, mean, std)
     else:
-        loaded = _load(path, arch, dataset, num_classes, mean, std, probes)
+        loaded = _load(path, arch, dataset, num_classes, mean, std, probes, input_shape)
     loaded.path = Path(path)
     return loaded
 
@@ -76,11 +79,15 @@ class ModelFile:
         object.__setattr__(self, "path", Path(self.path))
 
     def load(
-        self, dataset: Dataset | None = None, probes: torch.Tensor | None = None
+        self,
+        dataset: Dataset | None = None,
+        probes: torch.Tensor | None = None,
+        input_shape: tuple[int, ...] | None = None,
     ) -> LoadedModel:
         return load_model(
             self.path, arch=self.arch, dataset=dataset, num_classes=self.num_classes,
             mean=self.mean, std=self.std, probes=probes, definition=self.definition,
+            input_shape=input_shape,
         )  # fmt: skip
 
 
@@ -119,6 +126,7 @@ def _load(
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
     probes: torch.Tensor | None,
+    input_shape: tuple[int, ...] | None,
 ) -> LoadedModel:
     path = Path(path)
     dataset = parse_dataset(dataset) if dataset is not None else None
@@ -126,7 +134,7 @@ def _load(
         what = "is a folder" if path.is_dir() else "does not exist"
         raise CheckpointError(f"model file {path} {what}: give the path of a .pth or .onnx file")
     if path.suffix.lower() == ".onnx":
-        return _load_onnx(path, arch, dataset, num_classes, mean, std, probes)
+        return _load_onnx(path, arch, dataset, num_classes, mean, std, probes, input_shape)
     if mean is not None:
         raise UsageError(
             "applies to ONNX models only; checkpoints carry or imply their normalization",
@@ -145,6 +153,7 @@ def _load_onnx(
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
     probes: torch.Tensor | None,
+    input_shape: tuple[int, ...] | None,
 ) -> LoadedModel:
     from model_zoo.onnx.loading import load_onnx
 
@@ -152,21 +161,23 @@ def _load_onnx(
         raise UsageError(
             "applies to checkpoints; an ONNX file carries its architecture", param="arch"
         )
-    if dataset is None:
+    if dataset is None and input_shape is None:
         raise UsageError(
             f"{path.name} is an ONNX model: give its data set so its input is known",
             param="dataset",
         )
-    spec = get_spec(dataset)
-    loaded = load_onnx(path, mean=mean, std=std, input_shape=spec.input_shape, probes=probes)
+    spec = get_spec(dataset) if dataset is not None else None
+    shape = spec.input_shape if spec is not None else tuple(int(d) for d in input_shape)
+    loaded = load_onnx(path, mean=mean, std=std, input_shape=shape, probes=probes)
+    channels = shape[0]
     return LoadedModel(
         model=loaded.model.eval(),
         arch="onnx",
         dataset=dataset,
-        num_classes=num_classes or spec.num_classes,
+        num_classes=num_classes or (spec.num_classes if spec else loaded.num_classes or 0),
         input_shape=loaded.input_shape,
-        mean=tuple(mean) if mean else (0.0,) * spec.channels,
-        std=tuple(std) if std else (1.0,) * spec.channels,
+        mean=tuple(mean) if mean else (0.0,) * channels,
+        std=tuple(std) if std else (1.0,) * channels,
         eps=None,
         source_format="onnx",
         conversion_difference=loaded.conversion_difference,

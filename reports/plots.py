@@ -66,7 +66,7 @@ PANELS = (
 NEEDED = ("epoch",) + tuple(col for p in PANELS for col, _, _ in p.series)
 
 
-def read_log(run_dir: str | Path) -> pd.DataFrame:
+def read_log_frame(run_dir: str | Path) -> pd.DataFrame:
     """The training log of one run folder, with numeric columns (empty cells as NaN).
 
     The regularizers are empty after the warmup (and always, for vanilla IBP): they
@@ -95,7 +95,7 @@ def plot_runs(run_dirs: Sequence[str | Path], dpi: int = 100) -> bytes:
     """PNG bytes of the training curves of all runs, one colour per run."""
     if not run_dirs:
         raise UsageError("give at least one run folder")
-    logs = [(run_label(d), read_log(d)) for d in run_dirs]
+    logs = [(run_label(d), read_log_frame(d)) for d in run_dirs]
     figure = Figure(figsize=(16, 7.5), dpi=dpi, layout="constrained")
     axes = figure.subplots(2, 4).ravel()
     colours = [f"C{i % 10}" for i in range(len(logs))]

@@ -190,6 +190,28 @@ def make_cifar() -> tuple[bytes, dict[str, tuple[np.ndarray, list[int]]]]:
     return buffer.getvalue(), batches
 
 
+def make_cifar100() -> tuple[bytes, dict[str, tuple[np.ndarray, list[int]]]]:
+    """A cifar-100-python.tar.gz in torchvision's layout: 4 train and 3 test images, fine
+    and coarse labels (the reader takes the fine ones, 0..99)."""
+    batches = {}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        folder = tarfile.TarInfo("cifar-100-python")
+        folder.type, folder.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(folder)
+        for name, count in (("train", 4), ("test", 3)):
+            data = RNG.integers(0, 256, (count, 3072), dtype=np.uint8)
+            fine = [int(v) for v in RNG.integers(10, 100, count)]
+            batches[name] = (data, fine)
+            content = pickle.dumps(
+                {b"data": data, b"fine_labels": fine, b"coarse_labels": [f // 5 for f in fine]}
+            )
+            info = tarfile.TarInfo(f"cifar-100-python/{name}")
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue(), batches
+
+
 TINY_NAME = "tiny-imagenet-200.zip"
 
 
@@ -258,6 +280,24 @@ def test_mnist_download_is_read_back(server, tmp_path: Path) -> None:
     assert contents(tmp_path / "data") == ["MNIST", "MNIST/raw"] + sorted(
         f"MNIST/raw/{n}" for n in names
     )
+
+
+def test_cifar100_download_is_checked_and_read_back(server, tmp_path: Path) -> None:
+    body, batches = make_cifar100()
+    official = download.SOURCES[Dataset.CIFAR100][0]
+    assert official.file == "cifar-100-python.tar.gz"
+    assert official.md5 == "eb9058c3a382ffc7106e4002c42a8d85"  # torchvision's and the site's
+    bad = Source(official.file, (f"{server.url}/files/{official.file}",), official.md5)
+    server.state.files[f"/files/{official.file}"] = body
+    with pytest.raises(DataError, match="checksum|MD5|md5"):
+        download_dataset("cifar100", tmp_path, sources=[bad])
+    result = download_dataset("cifar100", tmp_path, sources=[serve(server, official.file, body)])
+    assert result.path == tmp_path / "cifar-100-python"
+    for split in ("train", "test"):
+        data = load_split("cifar100", tmp_path, split)
+        images, fine = batches[split]
+        assert np.array_equal(pixels(data).reshape(len(fine), -1), images)
+        assert data.labels.tolist() == fine
 
 
 def test_cifar_download_is_read_back(server, tmp_path: Path, cifar_archive) -> None:

@@ -1,5 +1,5 @@
-"""A short pass of every fuzz target of ``benchmarks/fuzz.py``: the loaders let out only
-the project's own errors, with one-line messages, on their seeds and on random
+"""A short pass of every fuzz target (:mod:`tests.fuzz_targets`): the loaders let out
+only the project's own errors, with one-line messages, on their seeds and on random
 mutations of them.
 
 The pass is deterministic (a fixed seed), so a failure names an input that fails every
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import fuzz_targets
-from benchmarks.fuzz_targets import TARGETS, Target, crash_of, random_inputs
+from tests import fuzz_targets
 from tests.conftest import REPO_ROOT
+from tests.fuzz_targets import TARGETS, Target, crash_of, random_inputs
 
 # Mutations per target: thousands of the cheap parsers, a few dozen whole model loads.
 COUNTS = {

@@ -1,5 +1,6 @@
-"""Inputs on which the fuzz targets of ``benchmarks/fuzz.py`` crashed a loader, and what
-each gets now: a one-line project error, or a model where the input was valid.
+"""Inputs on which the fuzz targets (:mod:`tests.fuzz_targets`, run by
+``benchmarks/fuzz.py``) crashed a loader, and what each gets now: a one-line project
+error, or a model where the input was valid.
 
 Byte-level finds are kept as files in ``tests/fuzz_cases/`` (or literals here); finds of
 the structured targets, whose bytes mean something only to their decoder, are written
@@ -18,13 +19,13 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from benchmarks.fuzz_targets import TARGETS, crash_of
 from certify.core.eps import format_eps, parse_eps
 from certify.core.errors import CertifyError, CheckpointError, ModelError, UsageError
 from model_zoo import create_model
 from model_zoo.checkpoint import load_checkpoint, save_checkpoint
 from model_zoo.normalization import NormalizedModel
 from model_zoo.onnx.loading import load_onnx
+from tests.fuzz_targets import TARGETS, crash_of
 
 CASES = Path(__file__).parent / "fuzz_cases"
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from certify.core.eps_box import eps_box
 from certify.core.errors import UsageError
 
 
@@ -78,8 +79,7 @@ def adversarial_points(
     restart, uniform noise of the images' shape in [0, 1) that places the start in the
     box (needed when ``attack.random_start``). ``model`` runs as it is: the caller
     chooses its mode (or passes a network with frozen BatchNorm statistics)."""
-    lower = (centre - radius).clamp(0.0, 1.0)
-    upper = (centre + radius).clamp(0.0, 1.0)
+    lower, upper = eps_box(centre, radius)
     step = attack.step_size * (upper - lower) * 0.5
     unseen = torch.full((len(centre),), -torch.inf, device=centre.device)
     best, best_loss = centre.detach(), unseen

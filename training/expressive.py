@@ -32,10 +32,11 @@ from torch import Tensor, nn
 
 from certify.bounds.training_bounders import IBPBounder
 from certify.core.datasets import Dataset
+from certify.core.eps_box import eps_box
 from certify.core.errors import UsageError
 from training.attack import TrainingAttack, adversarial_points, attack_starts, eval_mode
 from training.losses import clean_errors, robust_cross_entropy, verified_errors
-from training.methods import Method
+from training.methods import Method, published_dataset
 from training.objective import Terms
 
 
@@ -86,7 +87,7 @@ class ExpressiveLoss:
         with eval_mode(model):
             radius = eps * self.attack_eps_factor
             points = adversarial_points(model, x, y, radius, self.attack, starts)
-        lower, upper = (x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0)
+        lower, upper = eps_box(x, eps)
         result = bounder.bounds_at(points, lower, upper, spec)
         assert result.logits is not None
         loss, ibp, adv = expressive_loss(self.method, self.coef, result.lower, result.logits, spec)
@@ -156,6 +157,7 @@ _PUBLISHED: dict[tuple[Dataset, float], tuple[dict[Method, float], TrainingAttac
 def published_settings(method: Method, dataset: Dataset, eps: float) -> ExpressiveLoss:
     """The paper's settings for ``method`` on ``dataset``, taken from the published eps
     nearest to ``eps`` (by ratio) on that data set."""
+    dataset = published_dataset(dataset)
     rows = [(at, row) for (data, at), row in _PUBLISHED.items() if data is dataset]
     _, (coefs, attack, factor) = min(rows, key=lambda r: abs(math.log(eps / r[0])))
     return ExpressiveLoss(method, coefs[method], attack, factor)

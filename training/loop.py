@@ -30,6 +30,7 @@ from certify.bounds.bounder import TrainingBounder
 from certify.bounds.interval import IntervalNetwork
 from certify.bounds.margins import margin_matrix
 from certify.bounds.training_bounders import IBPBounder
+from certify.core.eps_box import eps_box
 from certify.core.errors import TrainingDivergedError
 from certify.core.shard import SINGLE, Shard
 from training.losses import (
@@ -262,7 +263,8 @@ def chunk_loss(
 
 
 def _input_radius(model: nn.Module, x: Tensor, eps: float) -> Tensor:
-    radius = ((x + eps).clamp(0, 1) - (x - eps).clamp(0, 1)) * 0.5
+    lower, upper = eps_box(x, eps)
+    radius = (upper - lower) * 0.5
     normalize = getattr(model, "normalize", None)
     return radius / normalize.std if normalize is not None else radius
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from certify.core.datasets import Dataset
+
 
 class Method(StrEnum):
     """How a batch's loss is taken once eps > 0.
@@ -45,3 +47,10 @@ class Method(StrEnum):
     def attacks(self) -> bool:
         """Whether its loss takes a point an attack found in training."""
         return self not in (Method.FAST, Method.VANILLA, Method.CROWN_IBP)
+
+
+def published_dataset(dataset: Dataset) -> Dataset:
+    """The data set whose published settings a method takes on ``dataset``: CIFAR-100,
+    for which the papers of these methods publish none, takes CIFAR-10's (the same
+    images, ten times the classes)."""
+    return Dataset.CIFAR if dataset is Dataset.CIFAR100 else dataset

@@ -26,9 +26,11 @@ from torch import Tensor, nn
 
 from certify.bounds.training_bounders import IBPBounder
 from certify.core.datasets import Dataset
+from certify.core.eps_box import eps_box
 from certify.core.errors import UsageError
 from training.attack import TrainingAttack, adversarial_points, attack_starts, eval_mode
 from training.losses import clean_errors, robust_cross_entropy, verified_errors
+from training.methods import published_dataset
 from training.objective import Terms
 
 
@@ -87,7 +89,7 @@ def small_box(x: Tensor, points: Tensor, eps: float, ratio: float) -> tuple[Tens
     """The box of radius ``ratio`` x eps around ``points`` moved to lie inside the
     eps-ball of ``x`` clipped to [0, 1] (and cut to it where that ball is narrower)."""
     tau = ratio * eps
-    lower, upper = (x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0)
+    lower, upper = eps_box(x, eps)
     centre = torch.max(torch.min(points, upper - tau), lower + tau)
     return torch.max(centre - tau, lower), torch.min(centre + tau, upper)
 
@@ -108,6 +110,7 @@ _ATTACK = TrainingAttack(steps=8, step_size=0.5, decay_at=(0.5, 0.8, 0.9), decay
 def published_settings(dataset: Dataset, eps: float) -> SabrLoss:
     """The paper's lambda for ``dataset`` at the published eps nearest to ``eps`` (by
     ratio), with its attack."""
+    dataset = published_dataset(dataset)
     rows = [(at, ratio) for (data, at), ratio in _RATIOS.items() if data is dataset]
     _, ratio = min(rows, key=lambda r: abs(math.log(eps / r[0])))
     return SabrLoss(ratio, _ATTACK)

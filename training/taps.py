@@ -37,9 +37,11 @@ from torch import Tensor, nn
 from certify.bounds.interval import IntervalNetwork, IntervalResult
 from certify.bounds.training_bounders import IBPBounder
 from certify.core.datasets import Dataset
+from certify.core.eps_box import eps_box
 from certify.core.errors import UsageError
 from training.attack import TrainingAttack, adversarial_points, attack_starts, sample_noise
 from training.losses import clean_errors, robust_cross_entropy, verified_errors
+from training.methods import published_dataset
 from training.objective import Terms
 
 # Added to an image's seed for its starts in the feature box, so that they are not drawn
@@ -104,7 +106,7 @@ class TapsLoss:
         seeds: Tensor,
         warmup: bool = False,
     ) -> Terms:
-        lower, upper = (x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0)
+        lower, upper = eps_box(x, eps)
         split = self._split(model)
         stats: dict[str, float] = {}
         if self.small_box is not None:
@@ -343,6 +345,7 @@ _STAPS_ATTACK = TrainingAttack(steps=10, step_size=0.2)
 
 
 def _nearest(table: dict, dataset: Dataset, eps: float) -> tuple:
+    dataset = published_dataset(dataset)
     rows = [(at, row) for (data, at), row in table.items() if data is dataset]
     return min(rows, key=lambda r: abs(math.log(eps / r[0])))[1]
 

@@ -1,12 +1,14 @@
-"""What a bounder is, and the two that evaluation uses per bound method.
+"""What a bounder is, and the three that evaluation picks from per bound method.
 
 A :class:`Bounder` takes a batch of images, eps and a specification ``C`` (N x M x K)
 and returns an :class:`~certify.bounds.interval_values.IntervalResult` whose ``lower``
 bounds ``C @ logits`` over the L_inf ball of radius eps around each image, clipped to
-the pixel box [0, 1]. Evaluation asks for lower bounds only
-(:class:`IntervalBounder`, :class:`LirpaBounder`); training also reads the clean logits
-and the pre-ReLU intervals, and switches BatchNorm between train and eval mode
-(:class:`TrainingBounder`, in :mod:`certify.bounds.training_bounders`).
+the pixel box [0, 1]. Evaluation asks for lower bounds only: IBP by the hand-written
+interval pass (:class:`IntervalBounder`), auto_LiRPA's methods (:class:`LirpaBounder`)
+and alpha-CROWN (:class:`AlphaCrownBounder`), chosen in :mod:`certify.bounds.margins`;
+training also reads the clean logits and the pre-ReLU intervals, and switches BatchNorm
+between train and eval mode (:class:`TrainingBounder`, in
+:mod:`certify.bounds.training_bounders`).
 """
 
 from __future__ import annotations

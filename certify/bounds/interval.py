@@ -52,6 +52,7 @@ from certify.bounds.interval_arithmetic import (
 from certify.bounds.interval_autograd import IntervalReLU
 from certify.bounds.interval_onnx import onnx_operator
 from certify.bounds.interval_values import Bounds, IntervalResult, PreActivation
+from certify.core.eps_box import eps_box
 from certify.core.errors import ModelError
 from model_zoo.normalization import Normalize
 
@@ -136,7 +137,7 @@ class IntervalNetwork:
 
         ``spec`` (N x M x K) asks for bounds of ``spec @ logits`` instead of the logits.
         """
-        return self.box_bounds(x, (x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0), spec)
+        return self.box_bounds(x, *eps_box(x, eps), spec)
 
     def box_bounds(
         self,
@@ -152,7 +153,7 @@ class IntervalNetwork:
         statistics of another batch than the box's centres), and updates its running
         statistics with them unless not ``update_running``."""
         box = Bounds.from_box(points, lower, upper)
-        run = _Run(self.model, spec, self._final_linear, update_running=update_running)
+        run = _IntervalPass(self.model, spec, self._final_linear, update_running=update_running)
         return run.execute(self.graph, box)
 
     @torch.no_grad()
@@ -161,10 +162,10 @@ class IntervalNetwork:
     ) -> tuple[Tensor, Tensor]:
         """Lower and upper IBP bounds as in ``__call__``, for evaluation: no clean pass,
         no gradient, no pre-ReLU record, and intermediate intervals updated in place."""
-        lower = (x - eps).clamp_(0.0, 1.0)
-        radius = (x + eps).clamp_(0.0, 1.0).sub_(lower).mul_(0.5)
+        lower, upper = eps_box(x, eps)
+        radius = upper.sub_(lower).mul_(0.5)
         box = Bounds(None, lower.add_(radius), radius)
-        run = _Run(self.model, spec, self._final_linear, abs_weights=self._abs_weights)
+        run = _IntervalPass(self.model, spec, self._final_linear, abs_weights=self._abs_weights)
         result = run.execute(self.graph, box)
         return result.lower, result.upper
 
@@ -176,11 +177,11 @@ class IntervalNetwork:
         record: dict[str, Bounds] = {}
         box = Bounds.from_box(None, lower, upper)
         box.x = box.center  # any point of the box: the pass needs clean values
-        _Run(self.model, None, None).execute(self.graph, box, record)
+        _IntervalPass(self.model, None, None).execute(self.graph, box, record)
         return record
 
 
-class _Run:
+class _IntervalPass:
     """The state of one pass over the graph."""
 
     def __init__(

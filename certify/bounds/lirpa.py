@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from certify.bounds.lirpa_compat import load_auto_lirpa
+from certify.core.eps_box import eps_box
 from certify.core.errors import ModelError, first_line
 
 # auto_LiRPA's default "sparse intermediate bounds" computes CROWN bounds only for the
@@ -70,12 +71,8 @@ def perturbed(images: torch.Tensor, eps: float) -> Any:
     """``images`` as auto_LiRPA's ``BoundedTensor`` over the L_inf ball of radius ``eps``
     clipped to the pixel box [0, 1]."""
     lirpa: types.ModuleType = load_auto_lirpa()
-    ptb = lirpa.PerturbationLpNorm(
-        norm=float("inf"),
-        eps=eps,
-        x_L=(images - eps).clamp(0.0, 1.0),
-        x_U=(images + eps).clamp(0.0, 1.0),
-    )
+    lower, upper = eps_box(images, eps)
+    ptb = lirpa.PerturbationLpNorm(norm=float("inf"), eps=eps, x_L=lower, x_U=upper)
     return lirpa.BoundedTensor(images, ptb)
 
 

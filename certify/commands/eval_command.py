@@ -51,7 +51,10 @@ def _floats(ctx: click.Context, param: click.Parameter, text: str | None):
 
 @click.command("eval", cls=CertifyCommand)
 @click.argument("model_path", metavar="MODEL", required=False, type=click.Path(dir_okay=False))
-@click.option("--dataset", help=f"{_DATASETS} (default: from the checkpoint).")
+@click.option(
+    "--dataset",
+    help=f"{_DATASETS}, or a .pt or .npz file of images and labels (default: from the checkpoint).",
+)
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False),

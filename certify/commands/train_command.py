@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import subprocess
 import sys
@@ -25,10 +24,12 @@ from rich.progress import (
 from certify.commands.base import CertifyCommand, write_soundness_evidence
 from certify.commands.seed_flags import hidden_names, seed_only_options
 from certify.core.datasets import Dataset
-from certify.core.errors import SoundnessError
+from certify.core.eps import parse_eps
+from certify.core.errors import SoundnessError, UsageError
 from training.config import TrainConfig
 from training.methods import Method
 from training.presets import PRESETS
+from training.schedulers import parse_schedule_kind, parse_scheduler_opts
 
 if TYPE_CHECKING:
     from reports.training_log import EpochRow
@@ -60,14 +61,11 @@ def _methods(ctx: click.Context, param: click.Parameter, value: str | None):
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
-def _parsed(module: str, function: str) -> Callable[..., Any]:
-    """A click callback that parses a value with ``module.function`` (imported on first use,
-    to keep the command's start-up light) and turns its UsageError into click's."""
+def _parsed(parse: Callable[[str], Any]) -> Callable[..., Any]:
+    """A click callback that parses a value with ``parse`` and turns its UsageError into
+    click's, which names the flag."""
 
     def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-        from certify.core.errors import UsageError
-
-        parse = getattr(importlib.import_module(module), function)
         try:
             return None if value is None else parse(value)
         except UsageError as exc:
@@ -76,9 +74,9 @@ def _parsed(module: str, function: str) -> Callable[..., Any]:
     return callback
 
 
-_eps = _parsed("certify.core.eps", "parse_eps")
-_schedule_kind = _parsed("training.schedulers", "parse_schedule_kind")
-_scheduler_opts = _parsed("training.schedulers", "parse_scheduler_opts")
+_eps = _parsed(parse_eps)
+_schedule_kind = _parsed(parse_schedule_kind)
+_scheduler_opts = _parsed(parse_scheduler_opts)
 
 
 class _TrainCommand(CertifyCommand):
@@ -286,7 +284,6 @@ def build_config(
     """The run's settings from the command's parsed options (``ctx.params`` without
     ``nproc``), without training: stored run (``--resume``), then preset, then the
     ``--config`` file, then the flags."""
-    from certify.core.errors import UsageError
     from training.presets import resolve_config
 
     given = {name: value for name, value in options.items() if value is not None}
@@ -328,24 +325,6 @@ def _without_nproc(args: list[str]) -> list[str]:
         elif not arg.startswith("--nproc="):
             out.append(arg)
     return out
-
-
-@click.command("export", cls=CertifyCommand)
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.argument("out", type=click.Path(dir_okay=False))
-@click.option("--opset", default=18, show_default=True, type=int, help="ONNX opset version.")
-def export_command(checkpoint: str, out: str, opset: int) -> None:
-    """Export CHECKPOINT to the ONNX file OUT, input normalization included."""
-    from pathlib import Path
-
-    from training.export import export_onnx
-
-    result = export_onnx(Path(checkpoint), Path(out), opset=opset)
-    shape = "x".join(str(d) for d in result.input_shape)
-    click.echo(
-        f"wrote {result.path} ({result.arch}, input N x {shape} pixels in [0, 1]; "
-        f"max difference to the checkpoint {result.max_abs_diff:.1e})"
-    )
 
 
 @contextlib.contextmanager

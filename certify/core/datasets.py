@@ -16,6 +16,7 @@ from certify.core.errors import DataError
 class Dataset(StrEnum):
     MNIST = "mnist"
     CIFAR = "cifar"
+    CIFAR100 = "cifar100"
     TINYIMAGENET = "tinyimagenet"
 
 
@@ -40,6 +41,10 @@ SPECS: dict[Dataset, DatasetSpec] = {
     Dataset.CIFAR: DatasetSpec(
         Dataset.CIFAR, 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
     ),
+    # CIFAR-100's own channel statistics (the seed has no CIFAR-100 pipeline).
+    Dataset.CIFAR100: DatasetSpec(
+        Dataset.CIFAR100, 3, 32, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+    ),
     Dataset.TINYIMAGENET: DatasetSpec(
         Dataset.TINYIMAGENET, 3, 64, 200, (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)
     ),
@@ -48,6 +53,7 @@ SPECS: dict[Dataset, DatasetSpec] = {
 _ALIASES = {
     "cifar10": Dataset.CIFAR,
     "cifar-10": Dataset.CIFAR,
+    "cifar-100": Dataset.CIFAR100,
     "tiny-imagenet": Dataset.TINYIMAGENET,
 }
 

@@ -54,7 +54,7 @@ def _mnist(file: str, md5: str) -> Source:
     return Source(file, tuple(host + file for host in _MNIST_HOSTS), md5)
 
 
-# The MD5s are those torchvision checks (MNIST, CIFAR-10) and that of the zip the seed's
+# The MD5s are those torchvision checks (MNIST, CIFAR-10, CIFAR-100) and that of the zip the seed's
 # data script downloads (TinyImageNet); no host publishes a SHA256 for these files.
 SOURCES: dict[Dataset, tuple[Source, ...]] = {
     Dataset.MNIST: (
@@ -68,6 +68,13 @@ SOURCES: dict[Dataset, tuple[Source, ...]] = {
             "cifar-10-python.tar.gz",
             ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",),
             "c58f30108f718f92721af3b95e74349a",
+        ),
+    ),
+    Dataset.CIFAR100: (
+        Source(
+            "cifar-100-python.tar.gz",
+            ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",),
+            "eb9058c3a382ffc7106e4002c42a8d85",
         ),
     ),
     Dataset.TINYIMAGENET: (
@@ -84,6 +91,7 @@ SOURCES: dict[Dataset, tuple[Source, ...]] = {
 TARGETS: dict[Dataset, Path] = {
     Dataset.MNIST: Path("MNIST") / "raw",
     Dataset.CIFAR: Path(cifar.FOLDER),
+    Dataset.CIFAR100: Path(cifar.CIFAR100.folder),
     Dataset.TINYIMAGENET: Path(tinyimagenet.FOLDER),
 }
 
@@ -245,11 +253,22 @@ def _build_mnist(archives: list[Path], staging: Path, progress: ProgressFn | Non
 
 
 def _build_cifar(archives: list[Path], staging: Path, progress: ProgressFn | None) -> Path:
+    return _extracted(archives, staging, progress, cifar.CIFAR10.folder, "CIFAR-10")
+
+
+def _build_cifar100(archives: list[Path], staging: Path, progress: ProgressFn | None) -> Path:
+    return _extracted(archives, staging, progress, cifar.CIFAR100.folder, "CIFAR-100")
+
+
+def _extracted(
+    archives: list[Path], staging: Path, progress: ProgressFn | None, name: str, title: str
+) -> Path:
+    """The one folder ``name`` that the one tar archive holds, extracted into ``staging``."""
     (archive,) = archives
     extract_tar(archive, staging, progress)
-    folder = staging / cifar.FOLDER
+    folder = staging / name
     if not folder.is_dir():
-        raise DataError(f"{archive.name} holds no {cifar.FOLDER}/ folder: it is not CIFAR-10")
+        raise DataError(f"{archive.name} holds no {name}/ folder: it is not {title}")
     return folder
 
 
@@ -268,6 +287,7 @@ def _build_tinyimagenet(archives: list[Path], staging: Path, progress: ProgressF
 _BUILDERS: dict[Dataset, Callable[[list[Path], Path, ProgressFn | None], Path]] = {
     Dataset.MNIST: _build_mnist,
     Dataset.CIFAR: _build_cifar,
+    Dataset.CIFAR100: _build_cifar100,
     Dataset.TINYIMAGENET: _build_tinyimagenet,
 }
 

@@ -26,6 +26,7 @@ _Reader = Callable[[Path, str, int, int | None], tuple[torch.Tensor, torch.Tenso
 _READERS: dict[Dataset, _Reader] = {
     Dataset.MNIST: mnist.load,
     Dataset.CIFAR: cifar.load,
+    Dataset.CIFAR100: cifar.load_cifar100,
     Dataset.TINYIMAGENET: tinyimagenet.load,
 }
 
@@ -105,7 +106,7 @@ def _check_data_dir(data_dir: str | Path, dataset: Dataset) -> Path:
     if not root.exists():
         raise missing_data(
             f"data directory {root} does not exist: pass the folder that holds MNIST/, "
-            "cifar-10-batches-py/ or tiny-imagenet-200/",
+            "cifar-10-batches-py/, cifar-100-python/ or tiny-imagenet-200/",
             dataset.value,
             root,
         )

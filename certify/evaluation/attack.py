@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from certify.core.eps_box import eps_box
 from certify.core.errors import UsageError
 
 
@@ -103,8 +104,7 @@ def pgd_attack(
     """
     if indices is None:
         indices = torch.arange(len(images))
-    lower = (images - eps).clamp(0.0, 1.0)
-    upper = (images + eps).clamp(0.0, 1.0)
+    lower, upper = eps_box(images, eps)
     with torch.no_grad():
         found = _worst_margin(model(images), labels) > 0
     best = images.clone()

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from certify.core.atomic_files import atomic_write
+from certify.core.eps_box import eps_box
 from certify.evaluation.attack import _pgd_run, _worst_margin
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,7 @@ class CounterexampleFinder:
         self.model, self.model64 = model, model64
         self.image, self.label, self.eps = image, label, eps
         self.index, self.seed = index, seed
-        self.lower = (image - eps).clamp(0.0, 1.0)
-        self.upper = (image + eps).clamp(0.0, 1.0)
+        self.lower, self.upper = eps_box(image, eps)
 
     def __call__(self, points: Tensor, round_: int) -> Tensor | None:
         generator = torch.Generator().manual_seed(
@@ -92,8 +92,7 @@ def confirm_counterexample(
     """``point`` as a float32 image inside the eps-ball and pixel box computed in float64,
     if ``model`` (float64 where it is) misclassifies it there; else None."""
     x = image.double()
-    lower = (x - eps).clamp(0.0, 1.0)
-    upper = (x + eps).clamp(0.0, 1.0)
+    lower, upper = eps_box(x, eps)
     # The float32 box that lies inside the float64 one: its ends rounded inwards.
     lo32, up32 = lower.float(), upper.float()
     lo32 = torch.where(lo32.double() < lower, torch.nextafter(lo32, up32 + 1), lo32)

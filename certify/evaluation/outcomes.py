@@ -191,8 +191,8 @@ def check_consistency(outcomes: SampleOutcomes) -> None:
 
     This also guarantees clean <= PGD <= verified error for every method.
     """
-    attacked_but_clean_wrong = ~outcomes.clean_correct & outcomes.pgd_robust
-    _fail_on(attacked_but_clean_wrong, outcomes, "is misclassified but PGD counted it robust")
+    wrong_but_pgd_robust = ~outcomes.clean_correct & outcomes.pgd_robust
+    _fail_on(wrong_but_pgd_robust, outcomes, "is misclassified but PGD counted it robust")
     for method in outcomes.margin_lower:
         verified = outcomes.verified(method)
         _fail_on(

@@ -26,12 +26,12 @@ import torch
 from torch import nn
 
 from certify.bounds.margins import BoundMethod
-from certify.core.datasets import Dataset, get_spec, parse_dataset
+from certify.core.datasets import Dataset
 from certify.core.devices import describe_device, resolve_device
 from certify.core.eps import parse_eps
-from certify.core.errors import ModelError, SoundnessError, UsageError, first_line
+from certify.core.errors import DataError, ModelError, SoundnessError, UsageError, first_line
 from certify.core.shard import device_for, gather, leave, merge_seconds, shard_from_environment
-from certify.data import ImageData, default_data_dir, load_split
+from certify.data import default_data_dir
 from certify.evaluation.config import EvalConfig, config_from_flat
 from certify.evaluation.images import ProgressFn, evaluate_images
 from certify.evaluation.outcomes import SampleOutcomes, check_consistency, summarize
@@ -39,6 +39,7 @@ from certify.pipeline.embedded import EMBEDDED_DATA, EMBEDDED_MODEL
 from certify.pipeline.journal import Journal
 from certify.pipeline.result import EvalResult
 from certify.pipeline.settings import EvalSettings
+from certify.pipeline.test_images import DataSource, TestImages, load_test_images, parse_data
 from model_zoo import LoadedModel, ModelFile
 from model_zoo.normalization import NormalizedModel
 
@@ -93,13 +94,12 @@ def evaluate(
     config = config if config is not None else EvalConfig()
     if not isinstance(config, EvalConfig):
         raise UsageError(f"give an EvalConfig, not {type(config).__name__}", param="config")
-    chosen = parse_dataset(dataset) if dataset is not None else None
+    chosen = parse_data(dataset) if dataset is not None else None
     eps_value = parse_eps(eps) if eps is not None else None
     device = device if isinstance(device, torch.device) else resolve_device(device)
     if resume and journal is None:
         raise UsageError("needs a journal file to resume from", param="resume")
     loaded, data = _load(model, chosen, config, data_dir)
-    chosen = data.dataset
     if eps_value is None:
         eps_value = loaded.eps
     if eps_value is None:
@@ -112,7 +112,7 @@ def evaluate(
             raise UsageError("cannot resume a run of several processes: run one", param="resume")
         journal = None
     if journal is not None:
-        fingerprint = _fingerprint(model, loaded, chosen, data, eps_value, config)
+        fingerprint = _fingerprint(model, loaded, data, eps_value, config)
         outcomes, seconds = _evaluate_journaled(
             Journal(Path(journal), fingerprint, resume), loaded.model, data, eps_value,
             config, device, progress,
@@ -127,7 +127,7 @@ def evaluate(
     settings = EvalSettings(
         model=name or _source(model, loaded),
         arch=loaded.arch,
-        dataset=chosen.value,
+        dataset=data.name,
         eps=eps_value,
         config=dataclasses.replace(config, start=data.start),
         device=describe_device(device) + (f" x{processes} processes" if processes > 1 else ""),
@@ -143,20 +143,20 @@ def evaluate(
 
 
 def _load(
-    model: ModelLike | None, dataset: Dataset | None, config: EvalConfig, data_dir: Any
-) -> tuple[LoadedModel, ImageData]:
-    """The model over pixels in [0, 1] and its test images ``config`` asks for."""
+    model: ModelLike | None, source: DataSource | None, config: EvalConfig, data_dir: Any
+) -> tuple[LoadedModel, TestImages]:
+    """The model over pixels in [0, 1] and the test images ``config`` asks for."""
     if isinstance(model, LoadedModel | nn.Module):
         loaded = model if isinstance(model, LoadedModel) else _wrap_module(model)
-        chosen = dataset or loaded.dataset
-        if chosen is None:
+        source = source or loaded.dataset
+        if source is None:
             raise UsageError(
                 f"{_source(model, loaded)} does not say its data set: give one", param="dataset"
             )
-        data = _load_data(model, chosen, config, data_dir)
+        data = _load_data(model, source, config, data_dir)
     else:
         file = _model_file(model)
-        if dataset is None:
+        if source is None:
             # A checkpoint says its data set; an ONNX file makes load_model ask for one.
             loaded = file.load()
             if loaded.dataset is None:
@@ -165,10 +165,13 @@ def _load(
                 )
             data = _load_data(model, loaded.dataset, config, data_dir)
         else:
-            data = _load_data(model, dataset, config, data_dir)
-            loaded = file.load(dataset, probes=data.images[:_CONVERSION_PROBES])
-    _check_input_shape(loaded.model, data.images, data.dataset, _source(model, loaded))
-    return loaded, data
+            data = _load_data(model, source, config, data_dir)
+            probes = data.images[:_CONVERSION_PROBES]
+            if isinstance(source, Dataset):
+                loaded = file.load(source, probes=probes)
+            else:
+                loaded = file.load(None, probes=probes, input_shape=tuple(data.images.shape[1:]))
+    return loaded, _checked_against_model(loaded.model, data, _source(model, loaded))
 
 
 def _model_file(model: str | os.PathLike[str] | ModelFile | None) -> ModelFile:
@@ -200,9 +203,12 @@ def _source(model: ModelLike | None, loaded: LoadedModel) -> str:
     return loaded.arch
 
 
-def _load_data(model: Any, dataset: Dataset, config: EvalConfig, data_dir: Any) -> ImageData:
-    folder = Path(data_dir).expanduser() if data_dir else _data_dir(model, dataset)
-    return load_split(dataset, folder, "test", config.start, config.num_samples)
+def _load_data(model: Any, source: DataSource, config: EvalConfig, data_dir: Any) -> TestImages:
+    if data_dir:
+        folder = Path(data_dir).expanduser()
+    else:
+        folder = _data_dir(model, source) if isinstance(source, Dataset) else Path()
+    return load_test_images(source, folder, config.start, config.num_samples)
 
 
 # The keyword arguments of the earlier form of evaluate: those of the model's loading,
@@ -273,25 +279,32 @@ def _data_dir(model: Any, dataset: Dataset) -> Path:
     return default_data_dir()
 
 
-def _check_input_shape(
-    model: nn.Module, images: torch.Tensor, dataset: Dataset, source: str
-) -> None:
-    spec = get_spec(dataset)
+def _checked_against_model(model: nn.Module, data: TestImages, source: str) -> TestImages:
+    """``data``, once the model takes its images and gives one output per class (the
+    model's outputs give the class count of a file that does not say it)."""
     # A converted ONNX model may hold its weights as buffers only.
     weight = next(itertools.chain(model.parameters(), model.buffers()), None)
     try:
         with torch.no_grad():
-            out = model.eval()(images[:1].to(weight.device if weight is not None else "cpu"))
+            out = model.eval()(data.images[:1].to(weight.device if weight is not None else "cpu"))
     except (RuntimeError, ValueError) as exc:
         raise ModelError(
-            f"{source} does not accept {dataset.value} images of shape "
-            f"{tuple(images.shape[1:])}: {first_line(exc)}; check the data set and architecture"
+            f"{source} does not accept {data.name} images of shape "
+            f"{tuple(data.images.shape[1:])}: {first_line(exc)}; check the data set and "
+            "architecture"
         ) from None
-    if out.ndim != 2 or out.shape[1] != spec.num_classes:
+    if out.ndim != 2 or (data.num_classes is not None and out.shape[1] != data.num_classes):
         raise ModelError(
-            f"{source} gives outputs of shape {tuple(out.shape[1:])}, but {dataset.value} "
-            f"has {spec.num_classes} classes; check the data set and the number of classes"
+            f"{source} gives outputs of shape {tuple(out.shape[1:])}, but {data.name} "
+            f"has {data.num_classes} classes; check the data set and the number of classes"
         )
+    classes = int(out.shape[1])
+    if int(data.labels.max()) >= classes:
+        raise DataError(
+            f"{data.name} has a label {int(data.labels.max())}, but {source} gives {classes} "
+            "outputs; check the labels or the model"
+        )
+    return dataclasses.replace(data, num_classes=classes)
 
 
 # Images per journal entry: a killed run loses at most the slice it was in.
@@ -302,7 +315,7 @@ _BAB_SLICE = 8
 def _evaluate_journaled(
     journal: Journal,
     model: nn.Module,
-    data: ImageData,
+    data: TestImages,
     eps: float,
     config: EvalConfig,
     device: torch.device,
@@ -336,12 +349,7 @@ def _add_seconds(total: dict[str, float], spent: dict[str, float]) -> None:
 
 
 def _fingerprint(
-    model: Any,
-    loaded: LoadedModel,
-    dataset: Dataset,
-    data: ImageData,
-    eps: float,
-    config: EvalConfig,
+    model: Any, loaded: LoadedModel, data: TestImages, eps: float, config: EvalConfig
 ) -> dict[str, Any]:
     """What decides the results of an evaluation: a resumed run must match it."""
     file = None
@@ -352,7 +360,7 @@ def _fingerprint(
     return {
         "model": file or _source(model, loaded),
         "definition": [definition.describe(), dict(definition.args)] if definition else None,
-        "dataset": dataset.value,
+        "dataset": data.identity(),
         "start": data.start,
         "num_samples": len(data.labels),
         "eps": eps,
@@ -362,7 +370,7 @@ def _fingerprint(
 
 def _evaluate_sharded(
     model: nn.Module,
-    data: ImageData,
+    data: TestImages,
     eps: float,
     config: EvalConfig,
     device: torch.device,

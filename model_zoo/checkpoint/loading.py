@@ -111,7 +111,7 @@ def _resolve_normalization(adapted: Adapted, geometry: Geometry) -> Normalizatio
         mean, std = adapted.normalization
     elif geometry.dataset is None:
         mean, std = (0.0,) * geometry.in_ch, (1.0,) * geometry.in_ch
-    elif adapted.default_normalization is not None:
+    elif adapted.default_normalization and geometry.dataset in adapted.default_normalization:
         mean, std = adapted.default_normalization[geometry.dataset]
     else:
         spec = get_spec(geometry.dataset)

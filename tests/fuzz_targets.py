@@ -1,4 +1,8 @@
-"""The fuzz targets of ``benchmarks/fuzz.py``: certify's loaders and parsers, fed bytes.
+"""The fuzz targets: certify's loaders and parsers, fed bytes.
+
+Test support, beside :mod:`tests.networks`: ``tests/test_fuzz.py`` runs a short
+deterministic pass of each target and ``tests/test_fuzz_regressions.py`` replays the
+inputs that once crashed one; ``benchmarks/fuzz.py`` runs them for hours.
 
 Each :class:`Target` turns one input (bytes) into a call of a loader or parser; the rule
 it checks is that the only exceptions leaving the loader are the project's own
@@ -10,8 +14,7 @@ Two kinds of target: those that write the bytes to a file and load it (checkpoin
 ONNX files, results CSVs) or parse them as text (eps, lists), and structured ones that
 read the bytes as choices (:class:`Choices`) to build a checkpoint object or to edit a
 small ONNX graph, which reach deeper than random bytes would. ``benchmarks/fuzz.py``
-drives them with atheris (coverage-guided) or, without it, with :func:`mutate`;
-``tests/test_fuzz.py`` runs a short deterministic pass of each.
+drives them with atheris (coverage-guided) or, without it, with :func:`mutate`.
 """
 
 from __future__ import annotations
