@@ -28,6 +28,7 @@ from certify.core.version import __version__
 # name -> the module that defines it; imported on first use (PEP 562).
 _VERBS = {
     "evaluate": "certify.pipeline.evaluate",
+    "evaluate_sweep": "certify.pipeline.sweep",
     "EvalResult": "certify.pipeline.result",
     "EvalConfig": "certify.evaluation.config",
     "EvalMode": "certify.evaluation.modes",
@@ -44,6 +45,7 @@ __all__ = [
     "TrainResult",
     "__version__",
     "evaluate",
+    "evaluate_sweep",
     "train",
 ]
 

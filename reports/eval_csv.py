@@ -94,13 +94,20 @@ def _bab_cells(meta: Mapping[str, Any], summary: EvalSummary) -> dict[str, Any]:
     }
 
 
-def sample_columns(methods: Sequence[BoundMethod], cascade: bool = False) -> list[str]:
-    """The per-image columns; a cascade's say also where PGD ran and what decided."""
+def sample_columns(
+    methods: Sequence[BoundMethod],
+    cascade: bool = False,
+    radius_methods: Sequence[BoundMethod] = (),
+) -> list[str]:
+    """The per-image columns; a cascade's say also where PGD ran and what decided, and
+    ``radius_<method>`` holds the certified radius where radii were asked for."""
     cols = ["index", "label", "clean_pred", "clean_correct", "pgd_robust"]
     for m in methods:
         cols += [f"verified_{m.value}", f"margin_lower_{m.value}"]
     bab = ["bab_verdict", "bab_seconds"] if BoundMethod.BAB in methods else []
-    return cols + ["verified_any"] + (["pgd_run", "decided_by"] if cascade else []) + bab
+    radius = [f"radius_{m.value}" for m in radius_methods]
+    cascade_cols = ["pgd_run", "decided_by"] if cascade else []
+    return cols + ["verified_any"] + cascade_cols + bab + radius
 
 
 def sample_rows(outcomes: SampleOutcomes) -> list[dict[str, Any]]:
@@ -125,6 +132,8 @@ def sample_rows(outcomes: SampleOutcomes) -> list[dict[str, Any]]:
         columns["bab_verdict"] = verdicts
         seconds = outcomes.bab_seconds.tolist() if outcomes.bab_seconds is not None else []
         columns["bab_seconds"] = [s if v else "" for s, v in zip(seconds, verdicts, strict=True)]
+    for m, radius in outcomes.radius.items():
+        columns[f"radius_{m.value}"] = radius.tolist()
     return [
         dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
     ]

@@ -116,10 +116,17 @@ class MarginBounder:
         return isinstance(self._bounders[BoundMethod.IBP], IntervalBounder)
 
     def lower_bounds(
-        self, images: torch.Tensor, labels: torch.Tensor, eps: float, method: BoundMethod
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        eps: float | torch.Tensor,
+        method: BoundMethod,
     ) -> torch.Tensor:
-        """Lower bounds of the K-1 margins of each image, shape (N, K-1)."""
+        """Lower bounds of the K-1 margins of each image, shape (N, K-1); ``eps`` is one
+        radius, or a tensor broadcast against the images (one radius per image)."""
         images = images.to(self.device)
+        if isinstance(eps, torch.Tensor):
+            eps = eps.to(self.device, images.dtype)
         spec = margin_matrix(labels.to(self.device), self.num_classes)
         return self._bounders[method].bounds(images, eps, spec).lower
 

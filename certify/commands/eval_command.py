@@ -60,7 +60,11 @@ def _floats(ctx: click.Context, param: click.Parameter, text: str | None):
     type=click.Path(file_okay=False),
     help="Folder with the data set. [default: $CERTIFY_DATA, else ./data]",
 )
-@click.option("--eps", help="L_inf radius in [0,1] pixel space, e.g. 8/255 or 0.0314.")
+@click.option(
+    "--eps",
+    help="L_inf radius in [0,1] pixel space, e.g. 8/255 or 0.0314; a comma-separated list "
+    "(1/255,2/255,4/255) evaluates each, sharing what one radius proves with the others.",
+)
 @click.option("--arch", help="Architecture of a foreign checkpoint (see `certify models`).")
 @click.option("--num-classes", type=int, help="Classes of a foreign checkpoint.")
 @click.option(
@@ -154,6 +158,19 @@ def _floats(ctx: click.Context, param: click.Parameter, text: str | None):
     help="Take the images a killed run with the same command decided from its journal "
     "(beside --out or --per-sample) and evaluate the rest.",
 )
+@click.option(
+    "--radius",
+    is_flag=True,
+    help="Also find each image's certified radius per bound method (bab aside): the "
+    "largest eps up to --eps it verifies, by bisection; in the per-image file.",
+)
+@click.option(
+    "--radius-tol",
+    default=0.001,
+    show_default=True,
+    type=float,
+    help="Tolerance of the --radius bisection, in pixel space.",
+)
 @click.option("--num-samples", type=int, help="Evaluate this many images (default: all).")
 @click.option(
     "--start",
@@ -216,7 +233,15 @@ def eval_command(
         mean=options.pop("mean"), std=options.pop("std"),
         definition=ModelDefinition.parse(model_def, model_args) if model_def else None,
     )  # fmt: skip
-    config = config_from_flat(**options)
+    radius, radius_tol = options.pop("radius"), options.pop("radius_tol")
+    config = config_from_flat(**options, radius_tolerance=radius_tol if radius else None)
+    radii = [e.strip() for e in eps.split(",") if e.strip()] if eps else []
+    if len(radii) > 1:
+        if resume:
+            raise UsageError("cannot resume an eps sweep: give one eps", param="resume")
+        _sweep(model, dataset, radii, config, data_dir, device, out, per_sample, as_json,
+               counterexamples)  # fmt: skip
+        return
 
     out_path = Path(out) if out else None
     per_sample_path = Path(per_sample) if per_sample else None
@@ -248,6 +273,46 @@ def eval_command(
     else:
         Console().print(result.table())
     for path in written:
+        click.echo(f"wrote {path}", err=True)
+
+
+def _sweep(
+    model, dataset, radii, config, data_dir, device, out, per_sample, as_json, counterexamples
+) -> None:
+    """``certify eval --eps a,b,...``: one table, one set of results rows and one
+    per-image file per eps (its eps in the file's name)."""
+    from certify.pipeline.sweep import evaluate_sweep, per_eps_path
+    from reports.eval_csv import check_result_files
+
+    out_path = Path(out) if out else None
+    per_sample_path = Path(per_sample) if per_sample else None
+    check_result_files(out_path, per_sample_path)
+    try:
+        with _progress_bar() as progress:
+            results = evaluate_sweep(
+                model, dataset, radii, config, data_dir=data_dir, device=device,
+                progress=progress,
+            )  # fmt: skip
+    except SoundnessError as exc:
+        eps_text = exc.result.settings.columns()["eps"] if exc.result else ""
+        path = per_eps_path(per_sample_path, eps_text) if per_sample_path else None
+        write_soundness_evidence(exc, path, out_path.parent if out_path else Path())
+        raise
+    written: list[Path] = []
+    for result in results:
+        eps_text = result.settings.columns()["eps"]
+        samples = per_eps_path(per_sample_path, eps_text) if per_sample_path else None
+        written += result.write_csv(out=out_path, per_sample=samples)
+        if counterexamples:
+            folder = per_eps_path(Path(counterexamples), eps_text)
+            written += result.write_counterexamples(folder)
+    if as_json:
+        click.echo(json.dumps([result.to_json() for result in results], indent=2))
+    else:
+        console = Console()
+        for result in results:
+            console.print(result.table())
+    for path in dict.fromkeys(written):
         click.echo(f"wrote {path}", err=True)
 
 

@@ -61,6 +61,10 @@ class EvalConfig:
     - ``start`` and ``num_samples``: the test images ``[start, start + num_samples)``
       (None: to the end).
     - ``seed``: of PGD's random starts and of the self-check's sample.
+    - ``radius_tolerance``: find each image's certified radius per bound method (the
+      largest eps, up to the one evaluated, that the method verifies) by bisection to
+      this tolerance (None: no radii). Branch and bound gets none: each step would be a
+      complete verification.
     """
 
     methods: tuple[BoundMethod, ...] = DEFAULT_METHODS
@@ -74,6 +78,7 @@ class EvalConfig:
     num_samples: int | None = None
     seed: int = 0
     check_all: bool = False
+    radius_tolerance: float | None = None
 
     def __post_init__(self) -> None:
         # An empty tuple asks for the clean prediction and PGD alone; empty text is a
@@ -96,6 +101,12 @@ class EvalConfig:
         # PGD's random starts mix the seed with each image's index into torch's 64-bit seed.
         if not 0 <= self.seed < 2**32:
             raise UsageError(f"{self.seed}: give a seed from 0 to 2**32 - 1", param="seed")
+        tolerance = self.radius_tolerance
+        if tolerance is not None and not (0 < tolerance < 1):
+            raise UsageError(
+                f"{tolerance}: give a tolerance between 0 and 1, e.g. 0.001",
+                param="radius_tolerance",
+            )
 
     @property
     def pgd(self) -> PGDConfig:
@@ -115,6 +126,7 @@ class EvalConfig:
                     self.bab.branching.value],
             "seed": self.seed,
             "check_all": self.check_all,
+            "radius_tolerance": self.radius_tolerance,
         }  # fmt: skip
 
 
@@ -136,6 +148,7 @@ def config_from_flat(
     num_samples: int | None = None,
     seed: int = 0,
     check_all: bool = False,
+    radius_tolerance: float | None = None,
 ) -> EvalConfig:
     """The config of flat values, one per setting: the flags of ``certify eval`` and the
     keyword form of ``certify.evaluate`` of earlier releases."""
@@ -156,6 +169,7 @@ def config_from_flat(
         num_samples=num_samples,
         seed=seed,
         check_all=check_all,
+        radius_tolerance=radius_tolerance,
     )
 
 

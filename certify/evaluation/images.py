@@ -28,6 +28,7 @@ from certify.bounds.bab.beta_crown import Optimization
 from certify.bounds.margins import BoundMethod, MarginBounder
 from certify.bounds.methods import Chunking
 from certify.evaluation.attack import pgd_attack
+from certify.evaluation.carried import CarriedVerdicts
 from certify.evaluation.config import EvalConfig, EvalMode
 from certify.evaluation.counterexamples import (
     Counterexample,
@@ -72,17 +73,27 @@ def evaluate_images(
     device: torch.device,
     first_index: int = 0,
     progress: ProgressFn | None = None,
+    carried: CarriedVerdicts | None = None,
+    bounder: MarginBounder | None = None,
 ) -> tuple[SampleOutcomes, dict[str, float]]:
     """Evaluate the eps-balls of ``images`` in ``config.mode`` (``first_index`` is the
     index of the first image: it seeds PGD's starts); return the outcomes and the seconds
     of each stage. ``config.start`` and ``config.num_samples`` are the caller's: every
-    image given is evaluated."""
+    image given is evaluated. ``carried`` (a cascade's only) holds what other radii of
+    an eps sweep proved of the images: those the cascade then decides without running
+    the stage again (:mod:`certify.evaluation.carried`). ``bounder`` is one built
+    before for the same model, device and options (building one is not free)."""
     run = _ImageRun(
-        model.eval().to(device), images, labels, eps, config, device, first_index, progress
-    )
+        model.eval().to(device), images, labels, eps, config, device, first_index, progress,
+        carried, bounder,
+    )  # fmt: skip
     if config.mode is EvalMode.EVERY_METHOD:
-        return run.every_method()
-    return run.cascade()
+        outcomes, seconds = run.every_method()
+    else:
+        outcomes, seconds = run.cascade()
+    if config.radius_tolerance is not None:
+        run.radii(outcomes)
+    return outcomes, seconds
 
 
 class _ImageRun:
@@ -98,12 +109,15 @@ class _ImageRun:
         device: torch.device,
         first_index: int,
         progress: ProgressFn | None,
+        carried: CarriedVerdicts | None = None,
+        bounder: MarginBounder | None = None,
     ) -> None:
         self.model, self.images, self.labels = model, images, labels
+        self.carried = carried
         self.eps, self.config, self.device, self.progress = eps, config, device, progress
         self.indices = torch.arange(first_index, first_index + len(images))
         self.seconds: dict[str, float] = {}
-        self._bounder: MarginBounder | None = None
+        self._bounder = bounder
         self._chunks: dict[str, int] = {}
 
     @property
@@ -140,17 +154,25 @@ class _ImageRun:
             self.indices, self.labels.cpu(), predictions, correct.clone(),
             pgd_run=torch.zeros(n, dtype=torch.bool), decided_by=decided,
         )  # fmt: skip
+        if self.carried is not None:
+            # Attacked at a smaller eps: no bound can verify it here, and PGD need not
+            # look again.
+            for i in (self.carried.attacked & correct).nonzero().squeeze(1).tolist():
+                decided[i] = PGD_STAGE
+                outcomes.pgd_robust[i] = False
         for stage in stages(self.config.methods):
             todo = torch.tensor([i for i in range(n) if not decided[i]], dtype=torch.long)
+            todo = self._take_carried(stage, todo, outcomes, decided)
             if stage == PGD_STAGE:
                 robust = self._attack(todo, PGD_STAGE)
                 outcomes.pgd_run[todo] = True
                 outcomes.pgd_robust[todo] = robust
                 newly = todo[~robust]
             elif stage == BoundMethod.BAB:
-                lower = torch.full((n,), float("nan"))
+                lower = outcomes.margin_lower.setdefault(
+                    BoundMethod.BAB, torch.full((n,), float("nan"))
+                )
                 lower[todo] = self._branch_and_bound(todo, outcomes)
-                outcomes.margin_lower[BoundMethod.BAB] = lower
                 attacked = torch.tensor(
                     [outcomes.bab_verdict[i] == BabVerdict.ATTACKED for i in todo.tolist()],
                     dtype=torch.bool,
@@ -158,14 +180,63 @@ class _ImageRun:
                 newly = todo[(lower[todo] > 0) | attacked]
             else:
                 method = BoundMethod(stage)
-                lower = torch.full((n,), float("nan"))
+                lower = outcomes.margin_lower.setdefault(method, torch.full((n,), float("nan")))
                 lower[todo] = self._bound(todo, method)
-                outcomes.margin_lower[method] = lower
                 newly = todo[lower[todo] > 0]
             for i in newly.tolist():
                 decided[i] = stage
         self._self_check(outcomes)
         return outcomes, self.seconds
+
+    def radii(self, outcomes: SampleOutcomes) -> None:
+        """Each image's certified radius per bound method (branch and bound aside), into
+        ``outcomes.radius``: the largest eps in [0, eps] that the method verifies, found by
+        bisection until the unverified end lies within ``radius_tolerance`` of it (eps
+        itself where the method verifies eps; 0 for a misclassified image). Every radius
+        reported is one the method verified."""
+        tolerance = self.config.radius_tolerance
+        n = len(self.images)
+        correct = outcomes.clean_correct.nonzero().squeeze(1)
+        for method in self.config.methods:
+            if method is BoundMethod.BAB:
+                continue
+            radius = torch.zeros(n)
+            key = f"radius {method.value}"
+            at_eps = self._bound(correct, method, torch.full((len(correct),), self.eps), key) > 0
+            radius[correct[at_eps]] = self.eps
+            which = correct[~at_eps]
+            lo, hi = torch.zeros(len(which)), torch.full((len(which),), self.eps)
+            while len(which) and float((hi - lo).max()) > tolerance:
+                mid = (lo + hi) / 2
+                verified = self._bound(which, method, mid, key) > 0
+                lo, hi = torch.where(verified, mid, lo), torch.where(verified, hi, mid)
+            radius[which] = lo
+            outcomes.radius[method] = radius
+
+    def _take_carried(
+        self, stage: str, todo: torch.Tensor, outcomes: SampleOutcomes, decided: list[str]
+    ) -> torch.Tensor:
+        """The images of ``todo`` that ``stage`` still has to run on, once another radius
+        has settled the rest (the images attacked at a smaller eps were decided before
+        any stage). PGD skips the images verified at a larger eps: they are robust here,
+        so it cannot succeed (``pgd_run`` stays False). A bound method decides the images
+        it verified at a larger eps with the margin bound from there, valid here; the
+        cheaper methods before it have run on them, as in a run of this eps alone."""
+        if self.carried is None or len(todo) == 0:
+            return todo
+        carried = [self.carried.verified_by[i] for i in todo.tolist()]
+        if stage == PGD_STAGE:
+            return todo[torch.tensor([method is None for method in carried])]
+        method = BoundMethod(stage)
+        settled = torch.tensor([by is method for by in carried])
+        if settled.any():
+            lower = outcomes.margin_lower.setdefault(
+                method, torch.full((len(self.images),), float("nan"))
+            )
+            lower[todo[settled]] = self.carried.margin[todo[settled]]
+            for i in todo[settled].tolist():
+                decided[i] = stage
+        return todo[~settled]
 
     def _self_check(self, outcomes: SampleOutcomes) -> None:
         """PGD on verified images, in a random order fixed by the seed: all of them with
@@ -226,11 +297,20 @@ class _ImageRun:
         _in_chunks(len(which), self.config.batch_size, stage, attack)
         return torch.cat(results) if results else torch.zeros(0, dtype=torch.bool)
 
-    def _bound(self, which: torch.Tensor, method: BoundMethod) -> torch.Tensor:
-        """The smallest margin lower bound of each of images ``which``."""
+    def _bound(
+        self,
+        which: torch.Tensor,
+        method: BoundMethod,
+        radii: torch.Tensor | None = None,
+        key: str | None = None,
+    ) -> torch.Tensor:
+        """The smallest margin lower bound of each of images ``which``, over the eps-ball
+        (or over the ball of each one's own radius in ``radii``); its seconds go to ``key``
+        (default: the method's stage)."""
         chunk = self._chunk(which, method)
-        stage = f"{method.value} (chunks of {chunk})"
-        self.seconds.setdefault(method.value, 0.0)
+        key = key or method.value
+        stage = f"{key} (chunks of {chunk})"
+        self.seconds.setdefault(key, 0.0)
         results = []
         if len(which) == 0:
             return torch.zeros(0)
@@ -239,9 +319,12 @@ class _ImageRun:
         def bound(start: int, stop: int) -> None:
             part = which[start:stop]
             t0 = time.perf_counter()
-            lower = bounder.lower_bounds(self.images[part], self.labels[part], self.eps, method)
+            x = self.images[part]
+            # One radius per image, broadcast over its pixels.
+            eps = self.eps if radii is None else radii[start:stop].view(-1, *[1] * (x.ndim - 1))
+            lower = bounder.lower_bounds(x, self.labels[part], eps, method)
             results.append(lower.min(dim=1).values.cpu())
-            self._add(method.value, t0)
+            self._add(key, t0)
             self._report(stage, stop - start, len(which))
 
         _in_chunks(len(which), chunk, method.value, bound)

@@ -49,6 +49,8 @@ class SampleOutcomes:
     bab_verdict: list[str] | None = None
     bab_seconds: torch.Tensor | None = None
     counterexamples: dict[int, Counterexample] = field(default_factory=dict)
+    # Certified radius per method, where asked for: the largest eps found verified.
+    radius: dict[BoundMethod, torch.Tensor] = field(default_factory=dict)
 
     @property
     def clean_correct(self) -> torch.Tensor:
@@ -88,6 +90,7 @@ class SampleOutcomes:
             bab_verdict=[verdicts[i] for i in order.tolist()] if bab else None,
             bab_seconds=cat(bab_seconds) if bab else None,
             counterexamples={k: v for p in parts for k, v in p.counterexamples.items()},
+            radius={m: cat([p.radius[m] for p in parts]) for m in parts[0].radius},
         )
 
     @property

@@ -99,12 +99,12 @@ def evaluate(
     device = device if isinstance(device, torch.device) else resolve_device(device)
     if resume and journal is None:
         raise UsageError("needs a journal file to resume from", param="resume")
-    loaded, data = _load(model, chosen, config, data_dir)
+    loaded, data = load_inputs(model, chosen, config, data_dir)
     if eps_value is None:
         eps_value = loaded.eps
     if eps_value is None:
         raise UsageError(
-            f"{_source(model, loaded)} does not say its eps: give one, e.g. 8/255", param="eps"
+            f"{model_name(model, loaded)} does not say its eps: give one, e.g. 8/255", param="eps"
         )
     if journal is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # The processes of a torchrun job share the images out: no one journal holds them.
@@ -125,7 +125,7 @@ def evaluate(
     if outcomes is None:  # another process reports
         return None
     settings = EvalSettings(
-        model=name or _source(model, loaded),
+        model=name or model_name(model, loaded),
         arch=loaded.arch,
         dataset=data.name,
         eps=eps_value,
@@ -142,16 +142,18 @@ def evaluate(
     return result
 
 
-def _load(
+def load_inputs(
     model: ModelLike | None, source: DataSource | None, config: EvalConfig, data_dir: Any
 ) -> tuple[LoadedModel, TestImages]:
-    """The model over pixels in [0, 1] and the test images ``config`` asks for."""
+    """The model over pixels in [0, 1] and the test images ``config`` asks for, checked
+    against each other (``source`` parsed by
+    :func:`~certify.pipeline.test_images.parse_data`)."""
     if isinstance(model, LoadedModel | nn.Module):
         loaded = model if isinstance(model, LoadedModel) else _wrap_module(model)
         source = source or loaded.dataset
         if source is None:
             raise UsageError(
-                f"{_source(model, loaded)} does not say its data set: give one", param="dataset"
+                f"{model_name(model, loaded)} does not say its data set: give one", param="dataset"
             )
         data = _load_data(model, source, config, data_dir)
     else:
@@ -171,7 +173,7 @@ def _load(
                 loaded = file.load(source, probes=probes)
             else:
                 loaded = file.load(None, probes=probes, input_shape=tuple(data.images.shape[1:]))
-    return loaded, _checked_against_model(loaded.model, data, _source(model, loaded))
+    return loaded, _checked_against_model(loaded.model, data, model_name(model, loaded))
 
 
 def _model_file(model: str | os.PathLike[str] | ModelFile | None) -> ModelFile:
@@ -194,8 +196,8 @@ def _wrap_module(module: nn.Module, arch: str | None = None) -> LoadedModel:
     )
 
 
-def _source(model: ModelLike | None, loaded: LoadedModel) -> str:
-    """How results name the model: its file's name, or a module's class."""
+def model_name(model: ModelLike | None, loaded: LoadedModel) -> str:
+    """How results name ``model``: its file's name, or a module's class."""
     if loaded.path is not None:
         return loaded.path.name
     if isinstance(model, nn.Module):
@@ -358,7 +360,7 @@ def _fingerprint(
         file = [str(loaded.path.resolve()), stat.st_size, stat.st_mtime_ns]
     definition = model.definition if isinstance(model, ModelFile) else None
     return {
-        "model": file or _source(model, loaded),
+        "model": file or model_name(model, loaded),
         "definition": [definition.describe(), dict(definition.args)] if definition else None,
         "dataset": data.identity(),
         "start": data.start,

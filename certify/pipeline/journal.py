@@ -109,6 +109,8 @@ def _image_row(outcomes: SampleOutcomes, i: int) -> dict[str, Any]:
         row["pgd_run"] = bool(outcomes.pgd_run[i])
     if outcomes.decided_by is not None:
         row["decided_by"] = outcomes.decided_by[i]
+    if outcomes.radius:
+        row["radius"] = {m.value: float(v[i]) for m, v in outcomes.radius.items()}
     if outcomes.bab_verdict is not None:
         row["bab_verdict"] = outcomes.bab_verdict[i]
         row["bab_seconds"] = _number(float(outcomes.bab_seconds[i]))
@@ -136,6 +138,10 @@ def _outcomes(rows: list[dict[str, Any]], cascade: bool) -> SampleOutcomes:
         pgd_run=torch.tensor([r["pgd_run"] for r in rows], dtype=torch.bool) if cascade else None,
         decided_by=[r["decided_by"] for r in rows] if cascade else None,
     )
+    if rows and "radius" in rows[0]:
+        outcomes.radius = {
+            BoundMethod(m): torch.tensor([r["radius"][m] for r in rows]) for m in rows[0]["radius"]
+        }
     if rows and "bab_verdict" in rows[0]:
         outcomes.bab_verdict = [r["bab_verdict"] for r in rows]
         outcomes.bab_seconds = torch.tensor([nan(r["bab_seconds"]) for r in rows])

@@ -63,7 +63,8 @@ class EvalResult:
 
     def _sample_columns(self) -> list[str]:
         cascade = self.outcomes.decided_by is not None
-        return sample_columns(list(self.outcomes.margin_lower), cascade)
+        outcomes = self.outcomes
+        return sample_columns(list(outcomes.margin_lower), cascade, list(outcomes.radius))
 
     def to_json(self) -> dict[str, Any]:
         s = self.summary
