@@ -129,3 +129,25 @@ def test_cifar100_evaluates_end_to_end(tmp_path: Path) -> None:
     code, output = _eval(str(ten), "--dataset", "cifar100", "--data-dir", str(tmp_path / "data"),
                          "--eps", "1/255")  # fmt: skip
     assert code == 1 and "cifar100 has 100 classes" in output and len(output.splitlines()) == 1
+
+
+def test_a_missing_cifar100_folder_names_the_download_command(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    network = nn.Sequential(nn.Flatten(), nn.Linear(3072, 100))
+    torch.onnx.export(network, torch.zeros(1, 3, 32, 32), tmp_path / "m.onnx", dynamo=False)
+    code, output = _eval(str(tmp_path / "m.onnx"), "--dataset", "cifar100", "--data-dir",
+                         str(tmp_path / "data"), "--eps", "1/255")  # fmt: skip
+    lines = output.strip().splitlines()
+    assert code == 1 and len(lines) == 1, output
+    assert "cifar-100-python" in lines[0] and "certify data download cifar100" in lines[0]
+
+
+def test_eval_takes_threads(tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    try:
+        code, output = _eval("--threads", "1", "--num-samples", "4", "--methods", "ibp")
+        assert code == 0 and torch.get_num_threads() == 1, output
+    finally:
+        torch.set_num_threads(threads)  # the setting is the process's
+    code, output = _eval("--threads", "0")
+    assert code == 2 and "--threads" in output and len(output.strip().splitlines()) == 1

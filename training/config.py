@@ -8,11 +8,13 @@ so that a resumed run can check it continues the same experiment.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from certify.bounds.methods import BoundMethod, parse_methods
 from certify.core.choices import parse_choice
-from certify.core.datasets import get_spec, parse_dataset
+from certify.core.datasets import SPECS, Dataset, parse_dataset
 from certify.core.errors import UsageError
 from model_zoo.registry import canonical_name
 from training.methods import Method
@@ -29,7 +31,7 @@ RESUMABLE_CHANGES = frozenset(
 
 @dataclass(frozen=True)
 class TrainConfig:
-    dataset: str
+    dataset: Dataset
     data_dir: Path
     out_dir: Path
     arch: str = "cnn_4layer"
@@ -59,7 +61,7 @@ class TrainConfig:
     resume: bool = False
     eval_batch_size: int = 256
     final_eval: bool = True
-    eval_methods: tuple[str, ...] = ("ibp",)
+    eval_methods: tuple[BoundMethod, ...] = (BoundMethod.IBP,)
     pgd_steps: int = 20
     test_samples: int | None = None
     results_csv: Path | None = None
@@ -78,7 +80,6 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self._convert_types()
-        parse_dataset(self.dataset)
         canonical_name(self.arch)  # an unknown architecture fails before any data is read
         checks = [
             ("epochs", self.epochs >= 1, "give at least 1"),
@@ -123,7 +124,7 @@ class TrainConfig:
                 raise UsageError(
                     f"{value!r}: only {users} take it, not {self.method.value}", param=name
                 )
-        paper = published_objective(self.method, parse_dataset(self.dataset), self.eps)
+        paper = published_objective(self.method, self.dataset, self.eps)
         if paper is None:
             return
         for name, value in paper.settings().items():
@@ -135,18 +136,20 @@ class TrainConfig:
         """The loss of a method with an attack, with this run's options; None for the
         other methods."""
         values = {name: getattr(self, name) for name in OPTIONS}
-        return objective_from(self.method, values, parse_dataset(self.dataset), self.eps)
+        return objective_from(self.method, values, self.dataset, self.eps)
 
     def _convert_types(self) -> None:
         """Plain values (strings for paths and enums, lists for tuples) as the fields' types,
-        so that Python callers and stored checkpoints may give either."""
+        so that Python callers and stored checkpoints may give either: parsed here once,
+        the values travel typed."""
         converted: dict[str, Any] = {
+            "dataset": parse_dataset(self.dataset),
             "data_dir": Path(self.data_dir).expanduser(),
             "out_dir": Path(self.out_dir).expanduser(),
             "method": _parse_method(self.method),
             "schedule": parse_schedule_kind(str(self.schedule)),
             "lr_milestones": tuple(self.lr_milestones),
-            "eval_methods": tuple(self.eval_methods),
+            "eval_methods": _eval_methods(self.eval_methods),
         }
         if self.results_csv is not None:
             converted["results_csv"] = Path(self.results_csv).expanduser()
@@ -155,7 +158,7 @@ class TrainConfig:
 
     @property
     def classes(self) -> int:
-        return self.num_classes or get_spec(self.dataset).num_classes
+        return self.num_classes or SPECS[self.dataset].num_classes
 
     def with_changes(self, **changes: Any) -> TrainConfig:
         return replace(self, **changes)
@@ -167,8 +170,8 @@ class TrainConfig:
             if isinstance(value, Path):
                 value = str(value)
             elif isinstance(value, tuple):
-                value = list(value)
-            elif hasattr(value, "value"):
+                value = [v.value if isinstance(v, Enum) else v for v in value]
+            elif isinstance(value, Enum):
                 value = value.value
             plain[key] = value
         return plain
@@ -196,3 +199,12 @@ class TrainConfig:
 
 def _parse_method(value: Any) -> Method:
     return parse_choice(Method, value, param="method", what="training method")
+
+
+def _eval_methods(value: Any) -> tuple[BoundMethod, ...]:
+    """The final evaluation's methods, in the order given (text or a sequence)."""
+    try:
+        names = value if isinstance(value, str) else [str(m) for m in value]
+        return tuple(parse_methods(names))
+    except UsageError as exc:
+        raise UsageError(exc.reason, param="eval_methods") from None

@@ -27,7 +27,6 @@ import torch.distributed as dist
 from torch import nn
 
 from certify.bounds.bounder import TrainingBounder
-from certify.bounds.margins import parse_methods
 from certify.bounds.training_bounders import CrownIBPBounder, IBPBounder
 from certify.core.datasets import get_spec
 from certify.core.devices import resolve_device
@@ -154,8 +153,6 @@ def _train(
     if objective is not None:
         objective.check(model)
     # Every process takes its shard of the final evaluation; rank 0 writes the results.
-    if config.final_eval:
-        _check_eval_methods(config)
     check_results = config.final_eval and shard.is_main
     in_new_dir = _results_file(config, out_dir).parent.resolve() == out_dir.resolve()
     in_new_dir = in_new_dir and not out_dir.is_dir()
@@ -466,14 +463,6 @@ def _row(
 
 def _results_file(config: TrainConfig, out_dir: Path) -> Path:
     return Path(config.results_csv) if config.results_csv else out_dir / "results.csv"
-
-
-def _check_eval_methods(config: TrainConfig) -> None:
-    """Fail before training if the final evaluation could not run."""
-    try:
-        parse_methods(list(config.eval_methods))
-    except UsageError as exc:
-        raise UsageError(exc.reason, param="eval_methods") from None
 
 
 def _check_results_file(config: TrainConfig, out_dir: Path) -> None:
