@@ -67,7 +67,7 @@ def parse_losses(text: str) -> tuple[AttackLoss, ...]:
         ) from None
 
 
-def _worst_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def worst_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Best other logit minus the true logit; > 0 means misclassified."""
     true = logits.gather(1, labels[:, None]).squeeze(1)
     others = logits.clone()
@@ -80,7 +80,7 @@ def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 _LOSSES: dict[AttackLoss, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    AttackLoss.MARGIN: _worst_margin,
+    AttackLoss.MARGIN: worst_margin,
     AttackLoss.CE: _cross_entropy,
 }
 
@@ -106,7 +106,7 @@ def pgd_attack(
         indices = torch.arange(len(images))
     lower, upper = eps_box(images, eps)
     with torch.no_grad():
-        found = _worst_margin(model(images), labels) > 0
+        found = worst_margin(model(images), labels) > 0
     best = images.clone()
     if eps == 0 or config.steps == 0:
         return ~found, best
@@ -118,7 +118,7 @@ def pgd_attack(
             break
         start = _start_noise(images.shape[1:], indices[todo.cpu()], seed, run)
         x = lower[todo] + start.to(images.device) * (upper[todo] - lower[todo])
-        adv, hit = _pgd_run(
+        adv, hit = signed_gradient_ascent(
             model, x, labels[todo], lower[todo], upper[todo], step, config.steps, _LOSSES[loss]
         )
         idx = todo.nonzero().squeeze(1)
@@ -136,7 +136,7 @@ def _start_noise(shape: torch.Size, indices: torch.Tensor, seed: int, run: int) 
     return noise
 
 
-def _pgd_run(
+def signed_gradient_ascent(
     model: nn.Module,
     x: torch.Tensor,
     labels: torch.Tensor,
@@ -155,7 +155,7 @@ def _pgd_run(
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             logits = model(x)
-            newly = (_worst_margin(logits, labels[live]) > 0).detach()
+            newly = (worst_margin(logits, labels[live]) > 0).detach()
             keep[live[newly]] = x.detach()[newly]
             hit[live[newly]] = True
             if i == steps or newly.all():

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from certify.core.atomic_files import atomic_write
 from certify.core.eps_box import eps_box
-from certify.evaluation.attack import _pgd_run, _worst_margin
+from certify.evaluation.attack import signed_gradient_ascent, worst_margin
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,9 @@ class CounterexampleFinder:
         n = len(starts)
         labels = torch.full((n,), self.label, dtype=torch.long, device=self.image.device)
         step = 2.5 * self.eps / _STEPS
-        candidates, hit = _pgd_run(
+        candidates, hit = signed_gradient_ascent(
             self.model, starts, labels, self.lower.expand(n, *self.image.shape[1:]),
-            self.upper.expand(n, *self.image.shape[1:]), step, _STEPS, _worst_margin,
+            self.upper.expand(n, *self.image.shape[1:]), step, _STEPS, worst_margin,
         )  # fmt: skip
         for point in candidates[hit]:
             confirmed = confirm_counterexample(
@@ -102,7 +102,7 @@ def confirm_counterexample(
     dtype = torch.float64 if tensors and tensors[0].dtype == torch.float64 else torch.float32
     with torch.no_grad():
         logits = model(inside.to(dtype))
-    if float(_worst_margin(logits, torch.tensor([label], device=logits.device))) > 0:
+    if float(worst_margin(logits, torch.tensor([label], device=logits.device))) > 0:
         return inside
     return None
 
