@@ -124,3 +124,12 @@ def test_radius_agrees_with_a_bisection_by_hand(method) -> None:
         # The radius reported is one the method verifies.
         assert bounder.lower_bounds(image, label, float(radius[i]), method).min() > 0
     assert f"radius_{method.value}" in result.samples.columns
+
+
+def test_radius_tolerance_errors_name_their_flags() -> None:
+    for args, flag in ((["--radius", "--radius-tol", "0"], "--radius-tol"),
+                       (["--radius-tol", "0.01"], "--radius-tol")):  # fmt: skip
+        result = CliRunner().invoke(cli, ["eval", *args, "--num-samples", "2"])
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        assert f"Invalid value for {flag}" in lines[0], lines[0]

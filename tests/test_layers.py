@@ -11,6 +11,7 @@ which names the verbs of every layer.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,77 @@ def test_the_layer_rule_sees_an_upward_import(tmp_path: Path) -> None:
     assert _imports(source) == [(2, "training.run")]
     assert _layer("training.run") > _layer("certify.bounds.margins")
     assert _layer("certify.core.errors") < _layer("model_zoo.registry")
+
+
+_FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]+")
+_CLI = ("certify.cli", "certify.commands", "certify.__main__")
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """The ids of the docstring nodes of a module, its classes and functions."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                found.add(id(body[0].value))
+    return found
+
+
+def _cli_leaks(path: Path) -> list[str]:
+    """Flag names in the strings of ``path`` (docstrings aside), and its prints, exits and
+    click imports: only the CLI knows flags, prints or exits."""
+    tree = ast.parse(path.read_text(), str(path))
+    docstrings = _docstrings(tree)
+    leaks = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if id(node) not in docstrings and _FLAG.search(node.value):
+                leaks.append(f"line {node.lineno}: flag {_FLAG.search(node.value).group()}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            if node.func.id in ("print", "exit", "quit"):
+                leaks.append(f"line {node.lineno}: {node.func.id}()")
+        elif isinstance(node, ast.Attribute) and ast.unparse(node) == "sys.exit":
+            leaks.append(f"line {node.lineno}: sys.exit")
+    leaks += [
+        f"line {line}: imports {name}" for line, name in _all_imports(tree) if name == "click"
+    ]
+    return leaks
+
+
+def _all_imports(tree: ast.AST) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name.split(".")[0]) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.append((node.lineno, node.module.split(".")[0]))
+    return found
+
+
+_LIBRARY = [
+    p for p in _sources() if not _module_name(p).startswith(_CLI) and _module_name(p) != "certify"
+]
+
+
+@pytest.mark.parametrize("path", _LIBRARY, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_library_code_names_no_flag_prints_nothing_and_never_exits(path: Path) -> None:
+    leaks = _cli_leaks(path)
+    assert not leaks, f"{_module_name(path)} speaks for the CLI: {leaks}"
+
+
+def test_the_cli_rule_sees_a_flag_a_print_and_an_exit(tmp_path: Path) -> None:
+    source = tmp_path / "probe.py"
+    source.write_text(
+        '"""Mentions --flag in a docstring, which is fine."""\n'
+        "import sys\n"
+        "def f():\n"
+        "    raise ValueError('give --model-args')\n"
+        "    print('x')\n"
+        "    sys.exit(1)\n"
+    )
+    assert sorted(_cli_leaks(source)) == [
+        "line 4: flag --model-args",
+        "line 5: print()",
+        "line 6: sys.exit",
+    ]

@@ -142,3 +142,62 @@ def test_bad_definitions_get_one_line_each(definition, shared_data: Path, tmp_pa
         assert "Traceback" not in output
         for word in words:
             assert word in lines[0], (extra, lines[0])
+
+
+NORMALIZED = '''
+import torch
+from torch import nn
+
+
+class Normalize(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(1, 3, 1, 1))
+        self.register_buffer("std", torch.ones(1, 3, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+class Inside(nn.Module):
+    """The normalization inside, under the names certify's own files give it."""
+
+    def __init__(self):
+        super().__init__()
+        self.normalize = Normalize()
+        self.model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+
+    def forward(self, x):
+        return self.model(self.normalize(x))
+
+
+def inside():
+    return Inside()
+
+
+def bare():
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+'''
+
+
+def test_a_stored_normalization_is_applied_once(tmp_path: Path, shared_data: Path) -> None:
+    """A file of ``normalize.{mean,std}`` and ``model.*``: loaded into a network that has
+    the normalization inside, it is not wrapped again; loaded into the bare network, the
+    stored normalization goes around it. Either way the function is the file's."""
+    source = tmp_path / "nets.py"
+    source.write_text(NORMALIZED)
+    reference = ModelDefinition(str(source), "inside").build()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        reference.normalize.mean.uniform_(0.3, 0.6)
+        reference.normalize.std.uniform_(0.2, 0.3)
+        reference.model[1].weight.normal_(0, 0.05)
+    checkpoint = tmp_path / "normalized.pth"
+    torch.save(reference.state_dict(), checkpoint)
+    images = load_split("cifar", shared_data, "test", 0, 16).images
+    with torch.no_grad():
+        expected = reference.eval()(images)
+    for factory in ("inside", "bare"):
+        loaded = ModelFile(checkpoint, definition=ModelDefinition(str(source), factory)).load()
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.model(images), expected, rtol=1e-5, atol=1e-5)

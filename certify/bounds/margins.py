@@ -179,12 +179,16 @@ class _BabBounder:
     def __init__(self, owner: MarginBounder, options: BabOptions) -> None:
         self.owner, self.options = owner, options
 
-    def bounds(self, x: torch.Tensor, eps: float, spec: torch.Tensor) -> IntervalResult:
+    def bounds(
+        self, x: torch.Tensor, eps: float | torch.Tensor, spec: torch.Tensor
+    ) -> IntervalResult:
         split = self.owner.split_bounder()
         rows = []
         for i in range(len(x)):
+            # A tensor eps holds one radius per image; a search takes one number.
+            radius = float(eps[i]) if isinstance(eps, torch.Tensor) else eps
             outcome = branch_and_bound(
-                split, x[i : i + 1], eps, spec[i : i + 1], _no_counterexamples,
+                split, x[i : i + 1], radius, spec[i : i + 1], _no_counterexamples,
                 branching=self.options.branching, limits=self.options.limits,
                 batch=self.options.batch or DEFAULT_BAB_BATCH,
             )  # fmt: skip

@@ -24,7 +24,13 @@ from certify.commands.base import CertifyCommand, write_soundness_evidence
 from certify.core.datasets import Dataset
 from certify.core.devices import DeviceChoice
 from certify.core.errors import SoundnessError, UsageError
-from certify.evaluation.config import DEFAULT_PGD, EvalConfig, EvalMode, config_from_flat
+from certify.evaluation.config import (
+    DEFAULT_PGD,
+    DEFAULT_RADIUS_TOLERANCE,
+    EvalConfig,
+    EvalMode,
+    config_from_flat,
+)
 from certify.evaluation.images import ProgressFn
 
 # The CLI's defaults are the library's: EvalConfig() and the options it holds.
@@ -166,10 +172,10 @@ def _floats(ctx: click.Context, param: click.Parameter, text: str | None):
 )
 @click.option(
     "--radius-tol",
-    default=0.001,
-    show_default=True,
+    "radius_tolerance",
     type=float,
-    help="Tolerance of the --radius bisection, in pixel space.",
+    help=f"Tolerance of the --radius bisection, in pixel space. [default: "
+    f"{DEFAULT_RADIUS_TOLERANCE}]",
 )
 @click.option("--num-samples", type=int, help="Evaluate this many images (default: all).")
 @click.option(
@@ -233,8 +239,12 @@ def eval_command(
         mean=options.pop("mean"), std=options.pop("std"),
         definition=ModelDefinition.parse(model_def, model_args) if model_def else None,
     )  # fmt: skip
-    radius, radius_tol = options.pop("radius"), options.pop("radius_tol")
-    config = config_from_flat(**options, radius_tolerance=radius_tol if radius else None)
+    radius, tolerance = options.pop("radius"), options.pop("radius_tolerance")
+    if tolerance is not None and not radius:
+        raise UsageError("goes with `radius`: add it", param="radius_tolerance")
+    if radius:
+        tolerance = DEFAULT_RADIUS_TOLERANCE if tolerance is None else tolerance
+    config = config_from_flat(**options, radius_tolerance=tolerance)
     radii = [e.strip() for e in eps.split(",") if e.strip()] if eps else []
     if len(radii) > 1:
         if resume:

@@ -50,8 +50,9 @@ class FileImages:
 
 
 def is_tensor_file(name: str | os.PathLike[str]) -> bool:
-    """Whether ``name`` names a data set file rather than a built-in data set."""
-    return isinstance(name, os.PathLike) or str(name).lower().endswith(SUFFIXES)
+    """Whether ``name`` names a data set file (by its suffix) rather than a built-in data
+    set."""
+    return os.fspath(name).lower().endswith(SUFFIXES)
 
 
 def read_tensor_file(path: Path) -> FileImages:

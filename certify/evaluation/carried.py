@@ -42,11 +42,12 @@ class CarriedVerdicts:
         verified_by: list[BoundMethod | None] = [None] * count
         margin = torch.full((count,), float("nan"))
         if larger is not None and larger.decided_by is not None:
+            methods = {m.value: m for m in BoundMethod}
+            verified = larger.verified_any().tolist()
             for i, stage in enumerate(larger.decided_by):
-                if stage in BoundMethod._value2member_map_ and larger.verified_any()[i]:
-                    method = BoundMethod(stage)
-                    verified_by[i] = method
-                    margin[i] = larger.margin_lower[method][i]
+                if stage in methods and verified[i]:
+                    verified_by[i] = methods[stage]
+                    margin[i] = larger.margin_lower[methods[stage]][i]
         return CarriedVerdicts(attacked, verified_by, margin)
 
     def subset(self, which: torch.Tensor) -> CarriedVerdicts:

@@ -26,6 +26,7 @@ from certify.evaluation.modes import EvalMode
 __all__ = [
     "DEFAULT_BATCH",
     "DEFAULT_PGD",
+    "DEFAULT_RADIUS_TOLERANCE",
     "EvalConfig",
     "EvalMode",
     "attack_config",
@@ -42,6 +43,9 @@ DEFAULT_PGD = {
 
 # Images per chunk of the clean pass, IBP, CROWN-IBP and PGD.
 DEFAULT_BATCH = 256
+# The certified radius's bisection stops within this much of the unverified end: about a
+# quarter of a grey level of 8-bit images.
+DEFAULT_RADIUS_TOLERANCE = 0.001
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,8 @@ class EvalConfig:
                 self.methods if isinstance(self.methods, str) else [str(m) for m in self.methods]
             )
             object.__setattr__(self, "methods", tuple(parse_methods(names)))
+        else:
+            object.__setattr__(self, "methods", ())
         mode = parse_choice(EvalMode, self.mode, param="mode", what="mode")
         object.__setattr__(self, "mode", mode)
         for name in ("batch_size", "crown_batch_size"):

@@ -234,8 +234,13 @@ class _ImageRun:
                 method, torch.full((len(self.images),), float("nan"))
             )
             lower[todo[settled]] = self.carried.margin[todo[settled]]
+            if method is BoundMethod.BAB and outcomes.bab_verdict is None:
+                outcomes.bab_verdict = [""] * len(self.images)
+                outcomes.bab_seconds = torch.full((len(self.images),), float("nan"))
             for i in todo[settled].tolist():
                 decided[i] = stage
+                if method is BoundMethod.BAB:
+                    outcomes.bab_verdict[i] = BabVerdict.VERIFIED.value
         return todo[~settled]
 
     def _self_check(self, outcomes: SampleOutcomes) -> None:

@@ -36,10 +36,10 @@ from certify.evaluation.config import EvalConfig, config_from_flat
 from certify.evaluation.images import ProgressFn, evaluate_images
 from certify.evaluation.outcomes import SampleOutcomes, check_consistency, summarize
 from certify.pipeline.embedded import EMBEDDED_DATA, EMBEDDED_MODEL
+from certify.pipeline.eval_images import DataSource, EvalImages, load_eval_images, parse_data
 from certify.pipeline.journal import Journal
 from certify.pipeline.result import EvalResult
 from certify.pipeline.settings import EvalSettings
-from certify.pipeline.test_images import DataSource, TestImages, load_test_images, parse_data
 from model_zoo import LoadedModel, ModelFile
 from model_zoo.normalization import NormalizedModel
 
@@ -144,10 +144,10 @@ def evaluate(
 
 def load_inputs(
     model: ModelLike | None, source: DataSource | None, config: EvalConfig, data_dir: Any
-) -> tuple[LoadedModel, TestImages]:
+) -> tuple[LoadedModel, EvalImages]:
     """The model over pixels in [0, 1] and the test images ``config`` asks for, checked
     against each other (``source`` parsed by
-    :func:`~certify.pipeline.test_images.parse_data`)."""
+    :func:`~certify.pipeline.eval_images.parse_data`)."""
     if isinstance(model, LoadedModel | nn.Module):
         loaded = model if isinstance(model, LoadedModel) else _wrap_module(model)
         source = source or loaded.dataset
@@ -205,12 +205,12 @@ def model_name(model: ModelLike | None, loaded: LoadedModel) -> str:
     return loaded.arch
 
 
-def _load_data(model: Any, source: DataSource, config: EvalConfig, data_dir: Any) -> TestImages:
+def _load_data(model: Any, source: DataSource, config: EvalConfig, data_dir: Any) -> EvalImages:
     if data_dir:
         folder = Path(data_dir).expanduser()
     else:
         folder = _data_dir(model, source) if isinstance(source, Dataset) else Path()
-    return load_test_images(source, folder, config.start, config.num_samples)
+    return load_eval_images(source, folder, config.start, config.num_samples)
 
 
 # The keyword arguments of the earlier form of evaluate: those of the model's loading,
@@ -264,6 +264,21 @@ def _model_from_keywords(
         module = NormalizedModel(model, mean, std) if mean is not None else model
         return _wrap_module(module, arch) if arch is not None else module
     if isinstance(model, LoadedModel | ModelFile):
+        given = [
+            name
+            for name, value in (
+                ("mean", mean),
+                ("std", std),
+                ("arch", arch),
+                ("num_classes", num_classes),
+            )
+            if value is not None
+        ]
+        if given:
+            raise UsageError(
+                f"a {type(model).__name__} carries them: leave out {', '.join(given)}",
+                param=given[0],
+            )
         return model
     path = Path(model) if model is not None else EMBEDDED_MODEL
     return ModelFile(path, arch=arch, num_classes=num_classes, mean=mean, std=std)
@@ -281,7 +296,7 @@ def _data_dir(model: Any, dataset: Dataset) -> Path:
     return default_data_dir()
 
 
-def _checked_against_model(model: nn.Module, data: TestImages, source: str) -> TestImages:
+def _checked_against_model(model: nn.Module, data: EvalImages, source: str) -> EvalImages:
     """``data``, once the model takes its images and gives one output per class (the
     model's outputs give the class count of a file that does not say it)."""
     # A converted ONNX model may hold its weights as buffers only.
@@ -317,7 +332,7 @@ _BAB_SLICE = 8
 def _evaluate_journaled(
     journal: Journal,
     model: nn.Module,
-    data: TestImages,
+    data: EvalImages,
     eps: float,
     config: EvalConfig,
     device: torch.device,
@@ -351,17 +366,28 @@ def _add_seconds(total: dict[str, float], spent: dict[str, float]) -> None:
 
 
 def _fingerprint(
-    model: Any, loaded: LoadedModel, data: TestImages, eps: float, config: EvalConfig
+    model: Any, loaded: LoadedModel, data: EvalImages, eps: float, config: EvalConfig
 ) -> dict[str, Any]:
     """What decides the results of an evaluation: a resumed run must match it."""
-    file = None
-    if loaded.path is not None:
-        stat = loaded.path.stat()
-        file = [str(loaded.path.resolve()), stat.st_size, stat.st_mtime_ns]
-    definition = model.definition if isinstance(model, ModelFile) else None
+    file = _file_identity(loaded.path) if loaded.path is not None else None
+    given = None
+    if isinstance(model, ModelFile):
+        definition = model.definition
+        source = None
+        if definition is not None:
+            source = (
+                _file_identity(Path(definition.source)) if definition.is_file else definition.source
+            )
+        given = {
+            "arch": model.arch, "num_classes": model.num_classes,
+            "mean": list(model.mean) if model.mean else None,
+            "std": list(model.std) if model.std else None,
+            "definition": [source, definition.factory, dict(definition.args)]
+            if definition else None,
+        }  # fmt: skip
     return {
         "model": file or model_name(model, loaded),
-        "definition": [definition.describe(), dict(definition.args)] if definition else None,
+        "model_file": given,
         "dataset": data.identity(),
         "start": data.start,
         "num_samples": len(data.labels),
@@ -370,9 +396,15 @@ def _fingerprint(
     }
 
 
+def _file_identity(path: Path) -> list[Any]:
+    """A file as a resumed run must find it again: where it is, its size and its time."""
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
 def _evaluate_sharded(
     model: nn.Module,
-    data: TestImages,
+    data: EvalImages,
     eps: float,
     config: EvalConfig,
     device: torch.device,

@@ -6,11 +6,13 @@ taken middle first (the median radius, then the middle of each half, and so on),
 radius's cascade gets what the nearest radius below it attacked and what the nearest
 radius above it verified (:class:`~certify.evaluation.carried.CarriedVerdicts`): those
 images are decided without running the stage again, and PGD skips the images verified
-above. The verified images and their deciding method are those of separate runs, since
-the cheaper stages still run on every image; for a carried image the margin bound is the
-larger radius's (valid, looser). An image the smaller radius attacked counts as attacked
-even where PGD alone would have missed it at the larger radius. With every method on
-every image nothing is carried. One process only: no torchrun sharding, no journal.
+above. The cheaper stages still run on every image, so each radius verifies at least
+the images a separate run verifies (the same ones where a method's bound shrinks with
+eps, as in the tests and benchmarks), each by the same method; for a carried image the
+margin bound is the larger radius's (valid, if looser). An image the smaller radius
+attacked counts as attacked even where PGD alone would have missed it at the larger
+radius. With every method on every image nothing is carried. Certified radii are
+searched at the largest eps only. One process only: no torchrun sharding, no journal.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 import torch
 
 from certify.bounds.margins import MarginBounder
+from certify.core.datasets import Dataset
 from certify.core.devices import describe_device, resolve_device
 from certify.core.eps import parse_eps
 from certify.core.errors import SoundnessError, UsageError
@@ -30,15 +33,15 @@ from certify.evaluation.carried import CarriedVerdicts
 from certify.evaluation.config import EvalConfig, EvalMode
 from certify.evaluation.images import ProgressFn, evaluate_images
 from certify.evaluation.outcomes import SampleOutcomes, check_consistency, summarize
+from certify.pipeline.eval_images import parse_data
 from certify.pipeline.evaluate import ModelLike, load_inputs, model_name
 from certify.pipeline.result import EvalResult
 from certify.pipeline.settings import EvalSettings
-from certify.pipeline.test_images import parse_data
 
 
 def evaluate_sweep(
     model: ModelLike | None,
-    dataset: str | os.PathLike[str] | None,
+    dataset: str | os.PathLike[str] | Dataset | None,
     eps_values: Sequence[float | str],
     config: EvalConfig | None = None,
     *,
@@ -76,8 +79,11 @@ def evaluate_sweep(
             below = max((j for j in done if j < k), default=None)
             above = min((j for j in done if j > k), default=None)
             carried = CarriedVerdicts.between(done.get(below), done.get(above), len(data.labels))
+        # Radii are searched up to the largest eps only: below it they would repeat it.
+        last = k == len(radii) - 1
+        at_k = config if last else dataclasses.replace(config, radius_tolerance=None)
         outcomes, seconds = evaluate_images(
-            loaded.model, data.images, data.labels, radii[k], config, device, data.start,
+            loaded.model, data.images, data.labels, radii[k], at_k, device, data.start,
             progress, carried, bounder,
         )  # fmt: skip
         done[k] = outcomes
@@ -86,7 +92,7 @@ def evaluate_sweep(
             arch=loaded.arch,
             dataset=data.name,
             eps=radii[k],
-            config=dataclasses.replace(config, start=data.start),
+            config=dataclasses.replace(at_k, start=data.start),
             device=describe_device(device),
             onnx_difference=loaded.conversion_difference,
         )

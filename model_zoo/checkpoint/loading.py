@@ -226,14 +226,17 @@ def load_defined(
     except CheckpointError as error:
         raise CheckpointError(f"{path}: {error}") from None
     network = definition.build()
-    _load_strictly(network, [adapted.state_dict, _unadapted(raw)], path, definition)
+    loaded = _load_strictly(network, [adapted.state_dict, _unadapted(raw)], path, definition)
+    # A stored normalization goes around the network only where the adapter took it out
+    # of the state dict; a file that loads as it is keeps it inside the user's network.
+    normalization = adapted.normalization if loaded == 0 else None
     stored = adapted.meta.get("dataset")
     if dataset is None and isinstance(stored, str):
         dataset = parse_dataset(stored)
     spec = get_spec(dataset) if dataset is not None else None
     channels = spec.channels if spec is not None else 1
-    mean, std = adapted.normalization or ((0.0,) * channels, (1.0,) * channels)
-    model = NormalizedModel(network, mean, std) if adapted.normalization else network
+    mean, std = normalization or ((0.0,) * channels, (1.0,) * channels)
+    model = NormalizedModel(network, mean, std) if normalization else network
     eps = adapted.meta.get("eps")
     return LoadedModel(
         model=model.eval(),
@@ -266,17 +269,17 @@ def _load_strictly(
     candidates: list[Mapping[str, torch.Tensor]],
     path: str | os.PathLike[str],
     definition: ModelDefinition,
-) -> None:
-    """Load the first candidate state dict that fits ``network`` exactly; otherwise say
-    how the first one differs."""
+) -> int:
+    """Load the first candidate state dict that fits ``network`` exactly and return its
+    position; otherwise say how the first one differs."""
     own = network.state_dict()
-    for state in candidates:
+    for position, state in enumerate(candidates):
         full = dict(state)
         for key in batchnorm_counters(network) - set(full):
             full[key] = own[key]  # eval never reads BatchNorm's batch counter
         if set(full) == set(own) and all(full[k].shape == own[k].shape for k in own):
             network.load_state_dict(full, strict=True)
-            return
+            return position
     state = dict(candidates[0])
     missing = [k for k in own if k not in state and k not in batchnorm_counters(network)]
     unexpected = [k for k in state if k not in own]
@@ -291,5 +294,5 @@ def _load_strictly(
         parts.append(f"{key} is {file_shape} in the file but {model_shape} in the model")
     raise CheckpointError(
         f"{path}: the state dict does not fit {definition.describe()} "
-        f"({'; '.join(parts)}): check the factory and --model-args"
+        f"({'; '.join(parts)}): check the factory and its keyword arguments (`model_args`)"
     )

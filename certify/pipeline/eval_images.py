@@ -1,6 +1,6 @@
-"""The test images an evaluation runs on: a slice of a built-in data set's test split
+"""The images an evaluation runs on: a slice of a built-in data set's test split
 (:class:`~certify.core.datasets.Dataset`, read from a data folder) or of the user's own
-file (:class:`~certify.data.tensor_file.TensorFile`), as one :class:`TestImages`.
+file (:class:`~certify.data.tensor_file.TensorFile`), as one :class:`EvalImages`.
 
 :func:`parse_data` decides, at the door of ``certify.evaluate``, which of the two a
 ``dataset`` argument names: a path ending in ``.pt``, ``.pth`` or ``.npz`` is a file,
@@ -25,7 +25,7 @@ DataSource = Dataset | TensorFile
 
 
 @dataclass(frozen=True)
-class TestImages:
+class EvalImages:
     """Images ``[start, start + len)`` of a test set, pixels in [0, 1], with their labels.
 
     ``num_classes`` is the data set's, or a file's own (None: the file does not say, and
@@ -36,6 +36,7 @@ class TestImages:
     start: int
     source: DataSource
     num_classes: int | None
+    folder: Path | None = None  # the data folder a built-in data set was read from
 
     @property
     def name(self) -> str:
@@ -47,10 +48,10 @@ class TestImages:
         return self.source if isinstance(self.source, Dataset) else None
 
     def identity(self) -> Any:
-        """What the data set is, for a resumed run to match: the name, or the file's
-        resolved path, size and modification time."""
+        """What the data set is, for a resumed run to match: the name and the data
+        folder, or the file's resolved path, size and modification time."""
         if isinstance(self.source, Dataset):
-            return self.source.value
+            return [self.source.value, str(self.folder.resolve()) if self.folder else None]
         stat = self.source.path.stat()
         return [str(self.source.path.resolve()), stat.st_size, stat.st_mtime_ns]
 
@@ -64,15 +65,16 @@ def parse_data(dataset: str | os.PathLike[str] | Dataset | TensorFile) -> DataSo
     return parse_dataset(dataset)
 
 
-def load_test_images(
+def load_eval_images(
     source: DataSource, data_dir: Path, start: int, num_samples: int | None
-) -> TestImages:
+) -> EvalImages:
     """The test slice of ``source``; ``data_dir`` holds the built-in data sets."""
     if isinstance(source, Dataset):
         data = load_split(source, data_dir, "test", start, num_samples)
-        return TestImages(
-            data.images, data.labels, data.start, source, get_spec(source).num_classes
-        )
+        return EvalImages(
+            data.images, data.labels, data.start, source, get_spec(source).num_classes,
+            Path(data_dir),
+        )  # fmt: skip
     read = read_tensor_file(source.path)
     lo, hi = resolve_slice(len(read.labels), start, num_samples, str(source.path))
-    return TestImages(read.images[lo:hi], read.labels[lo:hi], lo, source, read.num_classes)
+    return EvalImages(read.images[lo:hi], read.labels[lo:hi], lo, source, read.num_classes)
