@@ -117,3 +117,20 @@ def test_each_image_draws_its_noise_from_its_own_seed() -> None:
     starts = attack_starts(seeds, 2, (3,))
     assert starts.shape == (2, 3, 3)
     torch.testing.assert_close(starts[1, 0], noise[0, 1], rtol=0, atol=0)
+
+
+def test_the_attack_start_is_an_option_with_the_papers_default(tmp_path) -> None:
+    from training.attack import AttackStart
+    from training.config import TrainConfig
+
+    common = {"dataset": "mnist", "data_dir": tmp_path, "out_dir": tmp_path / "r", "eps": 0.1}
+    paper = TrainConfig(method="mtl-ibp", **common)
+    assert paper.attack_start is AttackStart.RANDOM and paper.objective().attack.random_start
+    centre = TrainConfig(method="sabr", attack_start="centre", **common)
+    assert centre.objective().attack.random_start is False
+    assert centre.to_plain()["attack_start"] == "centre"
+    for method, start, param in (("fast", "centre", "attack_start"),
+                                 ("mtl-ibp", "middle", "attack_start")):  # fmt: skip
+        with pytest.raises(UsageError) as info:
+            TrainConfig(method=method, attack_start=start, **common)
+        assert info.value.param == param

@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,14 @@ from torch import Tensor, nn
 
 from certify.core.eps_box import eps_box
 from certify.core.errors import UsageError
+
+
+class AttackStart(StrEnum):
+    """Where each of the attack's restarts begins: a point drawn uniformly in the box
+    (the papers'), or its centre (the input itself for a ball around it)."""
+
+    RANDOM = "random"
+    CENTRE = "centre"
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,7 @@ class TrainingAttack:
             "attack_steps": self.steps,
             "attack_step_size": self.step_size,
             "attack_restarts": self.restarts,
+            "attack_start": AttackStart.RANDOM if self.random_start else AttackStart.CENTRE,
         }
 
     def step_scale(self, step: int) -> float:

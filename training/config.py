@@ -17,6 +17,7 @@ from certify.core.choices import parse_choice
 from certify.core.datasets import SPECS, Dataset, parse_dataset
 from certify.core.errors import UsageError
 from model_zoo.registry import canonical_name
+from training.attack import AttackStart
 from training.methods import Method
 from training.objective import AttackObjective
 from training.objectives import ENTRIES, OPTIONS, objective_from, published_objective
@@ -76,6 +77,7 @@ class TrainConfig:
     attack_steps: int | None = None
     attack_step_size: float | None = None
     attack_restarts: int | None = None
+    attack_start: AttackStart | None = None
     attack_eps_factor: float | None = None
 
     def __post_init__(self) -> None:
@@ -153,6 +155,10 @@ class TrainConfig:
         }
         if self.results_csv is not None:
             converted["results_csv"] = Path(self.results_csv).expanduser()
+        if self.attack_start is not None:
+            converted["attack_start"] = parse_choice(
+                AttackStart, self.attack_start, param="attack_start", what="attack start"
+            )
         for name, value in converted.items():
             object.__setattr__(self, name, value)  # the dataclass is frozen
 

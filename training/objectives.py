@@ -14,13 +14,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from certify.core.choices import parse_choice
 from certify.core.datasets import Dataset
 from training import expressive, sabr, taps
-from training.attack import TrainingAttack
+from training.attack import AttackStart, TrainingAttack
 from training.methods import Method
 from training.objective import AttackObjective
 
-_ATTACK = ("attack_steps", "attack_step_size", "attack_restarts")
+_ATTACK = ("attack_steps", "attack_step_size", "attack_restarts", "attack_start")
 _TAPS = ("taps_grad_scale", "taps_head_layers", "taps_steps")
 
 
@@ -35,12 +36,15 @@ class Entry:
 
 
 def _attack(values: Mapping[str, Any], published: TrainingAttack) -> TrainingAttack:
-    """The input attack with the given steps, step size and restarts; the published
-    attack's other settings (its step decay)."""
+    """The input attack with the given steps, step size, restarts and start; the
+    published attack's other settings (its step decay)."""
+    start = parse_choice(AttackStart, values["attack_start"], param="attack_start",
+                         what="start")  # fmt: skip
     return TrainingAttack(
         steps=int(values["attack_steps"]),
         step_size=float(values["attack_step_size"]),
         restarts=int(values["attack_restarts"]),
+        random_start=start is AttackStart.RANDOM,
         decay_at=published.decay_at,
         decay_factor=published.decay_factor,
     )

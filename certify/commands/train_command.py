@@ -26,6 +26,7 @@ from certify.commands.seed_flags import hidden_names, seed_only_options
 from certify.core.datasets import Dataset
 from certify.core.eps import parse_eps
 from certify.core.errors import SoundnessError, UsageError
+from training.attack import AttackStart
 from training.config import TrainConfig
 from training.methods import Method
 from training.presets import PRESETS
@@ -210,6 +211,12 @@ class _TrainCommand(CertifyCommand):
 )
 @click.option(
     "--attack-restarts", type=int, help="Random starts of the training attack. [default: 1]"
+)
+@click.option(
+    "--attack-start",
+    type=click.Choice([s.value for s in AttackStart]),
+    help="Where the training attack starts: random in the box, or its centre. "
+    "[default: random, as the papers]",
 )
 @click.option(
     "--attack-eps-factor",
