@@ -91,6 +91,7 @@ def _radius_guess(model, image, label) -> float:
     return 1.3 * hi
 
 
+@pytest.mark.slow  # about 10 s: the full suite runs it, the fast subset stays under 2 minutes
 def test_crown_with_ibp_intersection_is_tightest() -> None:
     """On the bundled IBP-trained model, CROWN now verifies at least as many images as
     auto_LiRPA's default (IBP bounds kept for neurons IBP finds stable), and no margin is
