@@ -321,3 +321,28 @@ def test_a_soundness_failure_in_the_final_evaluation_exits_3(
     assert "soundness check failed" in result.output and "bug" in result.output
     samples = _csv_rows(out / "soundness_failure_samples.csv")
     assert len(samples) == 30 and (out / "best.pth").exists()
+
+
+def test_eval_eps_validates_selects_and_evaluates_at_its_own_eps(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """Trained at eps 0.1 for 0.05: the log's eps_max is the training eps, the checkpoint
+    records 0.05 for `certify eval`, and the final evaluation's rows are at 0.05."""
+    from model_zoo import load_model
+    from training.config import TrainConfig
+    from training.run import train
+
+    config = TrainConfig(
+        dataset="mnist", data_dir=shared_data, out_dir=tmp_path / "run", arch="cnn_4layer",
+        model_options={"width": 4, "linear_size": 16}, epochs=2, batch_size=64, num_train=400,
+        val_size=100, schedule_start=1, schedule_length=1, eps=0.1, eval_eps=0.05,
+        test_samples=20, pgd_steps=2, device="cpu",
+    )  # fmt: skip
+    run = train(config)
+    assert {row["eps_max"] for row in _csv_rows(run.log_path)} == {"0.1"}
+    assert load_model(run.best_path).eps == 0.05
+    rows = _csv_rows(run.results_path)
+    assert {row["eps_value"] for row in rows} == {"0.05"}
+    with pytest.raises(UsageError) as info:
+        config.with_changes(eval_eps=1.5)
+    assert info.value.param == "eval_eps"

@@ -300,7 +300,7 @@ class _EpochRunner:
         if len(split) == 0:
             return None
         return evaluate_split(
-            self.model, self.network, split.images, split.labels, self.config.eps,
+            self.model, self.network, split.images, split.labels, self.config.test_eps,
             self.config.classes, self.config.eval_batch_size, self.device,
         )  # fmt: skip
 
@@ -400,7 +400,8 @@ def _meta(config: TrainConfig, epoch: int) -> dict[str, Any]:
         "arch_options": dict(config.model_options),
         "dataset": config.dataset,
         "num_classes": config.classes,
-        "eps": config.eps,
+        # The eps `certify eval` takes for the checkpoint: the one it was made for.
+        "eps": config.test_eps,
         "method": config.method.value,
         "train_args": config.to_plain(),
         "epoch": epoch,
@@ -486,7 +487,7 @@ def _final_evaluation(
     loaded = LoadedModel(
         model=model, arch=canonical_name(config.arch), dataset=spec.name,
         num_classes=config.classes, input_shape=spec.input_shape, mean=spec.mean, std=spec.std,
-        eps=config.eps, source_format="module",
+        eps=config.test_eps, source_format="module",
     )  # fmt: skip
     evaluation = EvalConfig(
         methods=config.eval_methods,
@@ -495,7 +496,7 @@ def _final_evaluation(
         num_samples=config.test_samples,
     )
     result = evaluate(
-        loaded, spec.name, config.eps, evaluation, data_dir=config.data_dir, device=device,
+        loaded, spec.name, config.test_eps, evaluation, data_dir=config.data_dir, device=device,
         progress=progress, name=BEST,
     )  # fmt: skip
     if result is not None:

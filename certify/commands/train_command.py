@@ -127,6 +127,11 @@ class _TrainCommand(CertifyCommand):
 @click.option("--method", type=click.Choice([m.value for m in Method]), help=_METHOD_HELP)
 @click.option("--eps", callback=_eps, help="Training eps in [0,1] pixels, e.g. 0.1 or 8/255.")
 @click.option(
+    "--eval-eps",
+    callback=_eps,
+    help="Eps of validation, model selection and the final evaluation. [default: --eps]",
+)
+@click.option(
     "--num-classes",
     "--num-class",
     "num_classes",
