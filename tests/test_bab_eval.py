@@ -58,6 +58,7 @@ def test_bab_attacks_what_pgd_missed_and_saves_it(tmp_path) -> None:
         assert int(model(point[None]).argmax()) != saved["label"]
 
 
+@pytest.mark.slow  # about 4 s; the full suite runs it
 def test_a_domain_limit_gives_the_same_verdict_with_any_batch() -> None:
     model = _dense(4, 4, 24, 2).eval()
     image, _ = _near_the_boundary(model, (4,), torch.Generator().manual_seed(3))

@@ -67,7 +67,11 @@ def test_cascade_verifies_what_every_method_verifies_on_the_bundled_model() -> N
     assert s.verified_error[BoundMethod.CROWN] == pytest.approx(s.best_verified_error)
 
 
-@pytest.mark.parametrize("name", ["mnistfc_256x4.onnx", "mnistfc_256x6.onnx"])
+@pytest.mark.parametrize(
+    "name",
+    # The deeper model (about 2.5 s) in the full suite only.
+    ["mnistfc_256x4.onnx", pytest.param("mnistfc_256x6.onnx", marks=pytest.mark.slow)],
+)
 def test_cascade_verifies_what_every_method_verifies_on_public_models(
     name, shared_data, shared_models
 ) -> None:
