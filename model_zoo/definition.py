@@ -1,5 +1,5 @@
 """A network defined by the user's own code, for checkpoints of architectures that the
-registry does not know (``certify eval CHECKPOINT --model-def FILE.py:FACTORY``).
+registry does not know (``certify eval`` names it as ``FILE.py:FACTORY``).
 
 :class:`ModelDefinition` names a factory, in a Python file or an importable module, and
 the keyword arguments to call it with. Building it *runs that code*, with the rights of

@@ -1,7 +1,7 @@
-"""Robustness curves: certified and PGD accuracy against eps, the library behind
-``certify plot --curves``.
+"""Robustness curves: certified and PGD accuracy against eps, the library behind the
+curves of ``certify plot``.
 
-The input is one or more results files, those that ``certify eval --out`` appends to and
+The input is one or more results files, those that ``certify eval`` appends to and
 ``certify train``'s final evaluation writes (columns in :data:`reports.eval_csv.EVAL_COLUMNS`,
 one row per evaluation and bound method). They are read and merged exactly as
 ``certify report`` does (:func:`reports.results_reading.read_results`, then

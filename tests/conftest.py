@@ -10,6 +10,7 @@ set), where a missing folder is an error.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,16 @@ def shared_models() -> Path:
     if not SHARED_MODELS.is_dir():
         _missing(f"the public ONNX models are not at {SHARED_MODELS}")
     return SHARED_MODELS
+
+
+@pytest.fixture
+def float64() -> Iterator[None]:
+    """torch's default dtype float64 for the test (tiny networks compared to float
+    tolerance), restored after it."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
 
 
 @pytest.fixture(autouse=True)

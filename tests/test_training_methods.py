@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import csv
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,15 +38,6 @@ from training.schedulers import EpsSchedule
 
 EXPRESSIVE = [Method.MTL_IBP, Method.CC_IBP, Method.EXP_IBP]
 EPS, COEF = 0.1, 0.3
-
-
-@pytest.fixture
-def float64() -> Iterator[None]:
-    """The tiny network computes in float64, and so do the margin specifications."""
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(before)
 
 
 def _tiny() -> nn.Sequential:

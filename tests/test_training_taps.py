@@ -7,7 +7,6 @@ of each lowers its own loss on real MNIST, and a network TAPS cannot split is re
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,14 +29,6 @@ from training.schedulers import EpsSchedule
 from training.taps import TapsLoss
 
 EPS, SCALE, SLACK, TOL = 0.15, 3.0, 0.5, 1e-5
-
-
-@pytest.fixture
-def float64() -> Iterator[None]:
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(before)
 
 
 def _tiny() -> NormalizedModel:

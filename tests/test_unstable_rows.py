@@ -5,8 +5,6 @@ same alpha-CROWN with no layer bounded from rows. In float64 the two agree to ro
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -14,14 +12,6 @@ from torch import nn
 import certify.bounds.alpha_crown as alpha_crown
 from certify.bounds.margins import BoundMethod, MarginBounder
 from certify.bounds.unstable_rows import UnstableRows
-
-
-@pytest.fixture
-def float64() -> Iterator[None]:
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(before)
 
 
 @pytest.fixture

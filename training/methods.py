@@ -1,4 +1,4 @@
-"""The training methods ``certify train --method`` names.
+"""The training methods that ``certify train`` offers.
 
 A leaf module: the configuration, the epoch loop and the CLI all name methods, and none
 of them has to import another to do so.

@@ -1,4 +1,5 @@
-"""A test set of the user's own in one file: ``--dataset FILE.pt`` or ``FILE.npz``.
+"""A test set of the user's own in one file, ``FILE.pt`` or ``FILE.npz``, named where a
+data set's name goes (``certify eval`` takes its path as the data set).
 
 The file holds the images as an N x C x H x W array, floats in [0, 1] or uint8 (divided
 by 255), the labels as N integers, and, optionally, the number of classes:

@@ -185,8 +185,8 @@ def attack_config(
     restarts: int | None = None,
     losses: str | Sequence[AttackLoss] | None = None,
 ) -> PGDConfig:
-    """PGD with the mode's default restarts and losses where those are None (the CLI's
-    ``--pgd-restarts`` and ``--pgd-loss`` default by mode)."""
+    """PGD with the mode's default restarts and losses where those are None (the CLI
+    leaves both to the mode unless they are given)."""
     default = DEFAULT_PGD[parse_choice(EvalMode, mode, param="mode", what="mode")]
     if isinstance(losses, str):
         losses = parse_losses(losses)

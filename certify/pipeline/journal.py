@@ -1,5 +1,5 @@
 """The journal of a long evaluation: every slice of images is appended to it as soon as
-it is decided, so that ``certify eval ... --resume`` skips what a killed run finished.
+it is decided, so that a resumed ``certify eval`` skips what a killed run finished.
 
 The file is JSON lines. The first line holds the settings that decide the results (the
 model file, data set, range, eps, methods, attack, alpha-CROWN and bab options, seed);

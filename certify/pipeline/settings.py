@@ -2,8 +2,8 @@
 :class:`~certify.pipeline.result.EvalResult` and written into its CSV rows and JSON.
 
 The settings are typed and frozen; :meth:`EvalSettings.columns` flattens them into the
-named values of a results row (:data:`reports.eval_csv.EVAL_COLUMNS`) and of the JSON that
-``certify eval --json`` prints.
+named values of a results row (:data:`reports.eval_csv.EVAL_COLUMNS`) and of the JSON
+output of ``certify eval``.
 """
 
 from __future__ import annotations
