@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from certify.core.errors import DataError, first_line
+from certify.data._common import resolve_slice
 
 SUFFIXES = (".pt", ".pth", ".npz")
 
@@ -43,11 +44,13 @@ class TensorFile:
 
 @dataclass(frozen=True)
 class FileImages:
-    """The images of a :class:`TensorFile`, checked: float32 in [0, 1], int64 labels."""
+    """A slice of the images of a :class:`TensorFile`, checked: float32 in [0, 1], int64
+    labels, ``start`` the index of the first in the file."""
 
     images: torch.Tensor
     labels: torch.Tensor
     num_classes: int | None
+    start: int = 0
 
 
 def is_tensor_file(name: str | os.PathLike[str]) -> bool:
@@ -56,8 +59,9 @@ def is_tensor_file(name: str | os.PathLike[str]) -> bool:
     return os.fspath(name).lower().endswith(SUFFIXES)
 
 
-def read_tensor_file(path: Path) -> FileImages:
-    """Read and check the whole file (a test set that fits in memory)."""
+def read_tensor_file(path: Path, start: int = 0, num_samples: int | None = None) -> FileImages:
+    """Images ``[start, start + num_samples)`` of the file (None: to its end), after the
+    whole file is read and checked (a test set that fits in memory)."""
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
         raise DataError(f"data set file {path} {what}: give a .pt or .npz file", param="dataset")
@@ -81,7 +85,9 @@ def read_tensor_file(path: Path) -> FileImages:
         )
     if len(images) == 0:
         raise DataError(f"{path} holds no images")
-    return FileImages(_pixels(images, path), _labels(labels, num_classes, path), num_classes)
+    pixels, labels = _pixels(images, path), _labels(labels, num_classes, path)
+    lo, hi = resolve_slice(len(labels), start, num_samples, str(path))
+    return FileImages(pixels[lo:hi], labels[lo:hi], num_classes, lo)
 
 
 def _read_pt(path: Path) -> dict[str, Any]:

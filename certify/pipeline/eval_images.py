@@ -18,7 +18,6 @@ import torch
 
 from certify.core.datasets import Dataset, get_spec, parse_dataset
 from certify.data import load_split
-from certify.data._common import resolve_slice
 from certify.data.tensor_file import TensorFile, is_tensor_file, read_tensor_file
 
 DataSource = Dataset | TensorFile
@@ -75,6 +74,5 @@ def load_eval_images(
             data.images, data.labels, data.start, source, get_spec(source).num_classes,
             Path(data_dir),
         )  # fmt: skip
-    read = read_tensor_file(source.path)
-    lo, hi = resolve_slice(len(read.labels), start, num_samples, str(source.path))
-    return EvalImages(read.images[lo:hi], read.labels[lo:hi], lo, source, read.num_classes)
+    read = read_tensor_file(source.path, start, num_samples)
+    return EvalImages(read.images, read.labels, read.start, source, read.num_classes)
