@@ -7,7 +7,9 @@ and prints each ratio to the clean epoch and to ``fast``'s, with the machine it 
 measured on. Target for ``fast``: <= 2.5x. By default one thread and CPU time, so that
 other processes on a shared machine do not distort the ratio. Like the ``certify``
 command, it first tunes the allocator to keep freed memory (``certify.core.allocator``).
-The methods with an attack take the paper's settings for the data set and eps.
+The methods with an attack take the paper's settings for the data set and eps;
+``--set NAME=VALUE`` changes one (for example another tool's step counts, as
+``docs/benchmarks.md`` compares with CTRAIN's ``benchmarks/ctrain_speed.py``).
 
 It then times the phases of the same steps (the attack, the rest of the loss's
 forward, backward, optimizer) and prints the floor that ``fast`` cannot go below on
@@ -35,7 +37,7 @@ import torch
 
 from certify.bounds.training_bounders import IBPBounder
 from certify.core.allocator import keep_freed_memory
-from certify.core.datasets import get_spec, parse_dataset
+from certify.core.datasets import Dataset, get_spec, parse_dataset
 from certify.core.devices import describe_device, resolve_device
 from certify.core.eps import parse_eps
 from certify.data import load_split
@@ -46,7 +48,8 @@ from training.data import Augmentation, Split, batches, epoch_length
 from training.init import ibp_init
 from training.loop import Meter, StepConfig, chunk_loss, train_epoch
 from training.methods import Method
-from training.objectives import published_objective
+from training.objective import AttackObjective
+from training.objectives import ENTRIES, objective_from, published_objective
 from training.schedulers import EpsSchedule
 
 
@@ -91,7 +94,7 @@ class _Setup:
         # Clean training: the same loop with eps = 0 throughout (the ramp starts later).
         start = 1 if method.builds_on_fast else 10**6
         self.schedule = EpsSchedule(args.eps, start=start, length=3, epoch_length=length)
-        objective = published_objective(method, parse_dataset(args.dataset), args.eps)
+        objective = _objective(method, parse_dataset(args.dataset), args.eps, args.set)
         self.step = StepConfig(
             method, max_eps=args.eps, num_classes=spec.num_classes, objective=objective
         )
@@ -108,6 +111,22 @@ class _Setup:
     def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def _objective(
+    method: Method, dataset: Dataset, eps: float, overrides: list[str]
+) -> AttackObjective | None:
+    """The paper's objective, with the options of ``overrides`` (``NAME=VALUE``) that
+    ``method`` takes set to their values: to time a method with another tool's settings."""
+    paper = published_objective(method, dataset, eps)
+    if paper is None or not overrides:
+        return paper
+    values: dict[str, object] = dict(paper.settings())
+    for item in overrides:
+        name, _, value = item.partition("=")
+        if name in ENTRIES[method].options:
+            values[name] = value
+    return objective_from(method, values, dataset, eps)
 
 
 # Epoch 2 of a run whose ramp spans epochs 1-3: eps > 0 and the regularizers on.
@@ -232,6 +251,14 @@ def main() -> None:
         "--methods", default="fast", help="comma-separated training methods (fast included)"
     )
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="OPTION=VALUE",
+        help="a training option (TrainConfig's name, e.g. taps_steps=8) for the methods "
+        "that take it; the others keep the paper's settings",
+    )
     parser.add_argument(
         "--threads",
         type=int,

@@ -4,6 +4,7 @@ otherwise only show when someone next measures."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -12,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from certify.core.datasets import Dataset
 from tests.conftest import REPO_ROOT
+from training.methods import Method
+from training.objectives import published_objective
 
 
 def _figure(pattern: str, text: str) -> float:
@@ -93,3 +97,21 @@ def test_gpu_check_runs_every_step_on_the_cpu(shared_data: Path, shared_models: 
     assert _figure(r"([\d.]+) s of bab", out) > 0
     assert _figure(r"epoch time ([\d.]+) s", out) > 0
     assert _figure(r"1 process\(es\): ([\d.]+) s wall", out) > 0
+
+
+def test_train_speed_sets_only_the_options_a_method_takes() -> None:
+    """`--set` times a method with another tool's settings: each method takes the
+    options it has, and keeps the paper's for the rest."""
+    spec = importlib.util.spec_from_file_location(
+        "train_speed", REPO_ROOT / "benchmarks" / "train_speed.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_speed"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    overrides = ["taps_steps=8", "attack_steps=3"]
+    sabr = module._objective(Method.SABR, Dataset.CIFAR, 8 / 255, overrides).settings()
+    paper = published_objective(Method.SABR, Dataset.CIFAR, 8 / 255).settings()
+    assert sabr == {**paper, "attack_steps": 3} and paper["attack_steps"] != 3
+    taps = module._objective(Method.TAPS, Dataset.CIFAR, 8 / 255, overrides).settings()
+    assert taps["taps_steps"] == 8 and "attack_steps" not in taps
+    assert module._objective(Method.FAST, Dataset.CIFAR, 8 / 255, overrides) is None
