@@ -18,6 +18,7 @@ from certify.core.datasets import SPECS, Dataset, parse_dataset
 from certify.core.errors import UsageError
 from model_zoo.registry import canonical_name
 from training.attack import AttackStart
+from training.l1 import published_l1
 from training.methods import Method
 from training.objective import AttackObjective
 from training.objectives import ENTRIES, OPTIONS, objective_from, published_objective
@@ -82,6 +83,9 @@ class TrainConfig:
     attack_restarts: int | None = None
     attack_start: AttackStart | None = None
     attack_eps_factor: float | None = None
+    # The L1 penalty's coefficient (training.l1): None takes the method's paper's for the
+    # data set and eps (0 for fast, vanilla and crown-ibp).
+    l1: float | None = None
 
     def __post_init__(self) -> None:
         self._convert_types()
@@ -112,11 +116,14 @@ class TrainConfig:
              "must be in (0, 1], e.g. 0.3 or 8/255"),
             ("min_reg_eps", self.min_reg_eps > 0, "must be positive"),
             ("seed", 0 <= self.seed < 2**63, "give a seed from 0 to 2**63 - 1"),
+            ("l1", self.l1 is None or self.l1 >= 0, "must be >= 0"),
         ]  # fmt: skip
         for name, ok, reason in checks:
             if not ok:
                 raise UsageError(f"{getattr(self, name)!r}: {reason}", param=name)
         self._resolve_attack()
+        if self.l1 is None:
+            object.__setattr__(self, "l1", published_l1(self.method, self.dataset, self.eps))
 
     def _resolve_attack(self) -> None:
         """A method with an attack takes the paper's options for the data set and eps

@@ -24,7 +24,6 @@ eps.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +35,7 @@ from certify.core.eps_box import eps_box
 from certify.core.errors import UsageError
 from training.attack import TrainingAttack, adversarial_points, attack_starts, eval_mode
 from training.losses import clean_errors, robust_cross_entropy, verified_errors
-from training.methods import Method, published_dataset
+from training.methods import Method, nearest_published
 from training.objective import Terms
 
 
@@ -157,7 +156,5 @@ _PUBLISHED: dict[tuple[Dataset, float], tuple[dict[Method, float], TrainingAttac
 def published_settings(method: Method, dataset: Dataset, eps: float) -> ExpressiveLoss:
     """The paper's settings for ``method`` on ``dataset``, taken from the published eps
     nearest to ``eps`` (by ratio) on that data set."""
-    dataset = published_dataset(dataset)
-    rows = [(at, row) for (data, at), row in _PUBLISHED.items() if data is dataset]
-    _, (coefs, attack, factor) = min(rows, key=lambda r: abs(math.log(eps / r[0])))
+    coefs, attack, factor = nearest_published(_PUBLISHED, dataset, eps)
     return ExpressiveLoss(method, coefs[method], attack, factor)

@@ -7,8 +7,8 @@ gets a seed for its random starts, the same in a resumed or distributed run). Du
 the warmup of ``fast`` and the methods built on it (epochs up to the end of the eps
 ramp) the two regularizers are added with weight lambda * (1 - eps_t / eps_max); at
 eps_t = 0 their bounds are taken at a tiny eps (1e-6), as in the seed. Gradients are
-accumulated over ``grad_acc_steps`` chunks of each batch, their norm clipped, then
-Adam steps.
+accumulated over ``grad_acc_steps`` chunks of each batch, the L1 penalty's
+(:mod:`training.l1`) added once, their norm clipped, then Adam steps.
 
 Under ``torchrun`` every process draws the same global batch, bounds its own contiguous
 shard of it (in ``grad_acc_steps`` chunks) and the gradients are summed over processes,
@@ -33,6 +33,7 @@ from certify.bounds.training_bounders import IBPBounder
 from certify.core.eps_box import eps_box
 from certify.core.errors import TrainingDivergedError
 from certify.core.shard import SINGLE, Shard
+from training.l1 import l1_norm, l1_reach
 from training.losses import (
     clean_cross_entropy,
     clean_errors,
@@ -59,6 +60,8 @@ class StepConfig:
     objective: AttackObjective | None = None
     # Seeds the attacks' random starts (one seed per image of each batch).
     seed: int = 0
+    # The L1 penalty's coefficient, summed over the method's reach (training.l1).
+    l1: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,12 @@ def train_epoch(
             loss_sum = _all_reduce_gradients(params, loss_sum)
             # Checked after the sum, so that every process stops at the same batch.
             _check_finite("the loss", torch.tensor(loss_sum), epoch, index)
+        if config.l1 > 0:
+            # Once per step, after the processes' gradients are summed: each process
+            # holds the same weights, so each adds the same gradient.
+            penalty = config.l1 * l1_norm(model, l1_reach(config.method))
+            penalty.backward()
+            loss_sum += penalty.item() * total
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm=config.grad_clip)
         _check_finite("the gradient norm", norm, epoch, index)
         optimizer.step()

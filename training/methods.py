@@ -6,9 +6,14 @@ of them has to import another to do so.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from enum import StrEnum
+from typing import TypeVar
 
 from certify.core.datasets import Dataset
+
+T = TypeVar("T")
 
 
 class Method(StrEnum):
@@ -54,3 +59,11 @@ def published_dataset(dataset: Dataset) -> Dataset:
     for which the papers of these methods publish none, takes CIFAR-10's (the same
     images, ten times the classes)."""
     return Dataset.CIFAR if dataset is Dataset.CIFAR100 else dataset
+
+
+def nearest_published(table: Mapping[tuple[Dataset, float], T], dataset: Dataset, eps: float) -> T:
+    """The entry of ``table`` (by data set and the eps a paper published it for) for
+    ``dataset`` at the published eps nearest to ``eps``, by ratio."""
+    dataset = published_dataset(dataset)
+    rows = [(at, row) for (data, at), row in table.items() if data is dataset]
+    return min(rows, key=lambda r: abs(math.log(eps / r[0])))[1]

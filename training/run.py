@@ -285,6 +285,7 @@ class _EpochRunner:
             grad_acc_steps=config.grad_acc_steps,
             objective=objective,
             seed=config.seed,
+            l1=config.l1 or 0.0,
         )
 
     def run(self, epoch: int, on_batch: BatchCallback | None) -> EpochStats:

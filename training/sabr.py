@@ -18,7 +18,6 @@ box half-width rather than of eps (they differ where [0, 1] clips the box).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +29,7 @@ from certify.core.eps_box import eps_box
 from certify.core.errors import UsageError
 from training.attack import TrainingAttack, adversarial_points, attack_starts, eval_mode
 from training.losses import clean_errors, robust_cross_entropy, verified_errors
-from training.methods import published_dataset
+from training.methods import nearest_published
 from training.objective import Terms
 
 
@@ -110,7 +109,4 @@ _ATTACK = TrainingAttack(steps=8, step_size=0.5, decay_at=(0.5, 0.8, 0.9), decay
 def published_settings(dataset: Dataset, eps: float) -> SabrLoss:
     """The paper's lambda for ``dataset`` at the published eps nearest to ``eps`` (by
     ratio), with its attack."""
-    dataset = published_dataset(dataset)
-    rows = [(at, ratio) for (data, at), ratio in _RATIOS.items() if data is dataset]
-    _, ratio = min(rows, key=lambda r: abs(math.log(eps / r[0])))
-    return SabrLoss(ratio, _ATTACK)
+    return SabrLoss(nearest_published(_RATIOS, dataset, eps), _ATTACK)

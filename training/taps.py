@@ -41,7 +41,7 @@ from certify.core.eps_box import eps_box
 from certify.core.errors import UsageError
 from training.attack import TrainingAttack, adversarial_points, attack_starts, sample_noise
 from training.losses import clean_errors, robust_cross_entropy, verified_errors
-from training.methods import published_dataset
+from training.methods import nearest_published
 from training.objective import Terms
 
 # Added to an image's seed for its starts in the feature box, so that they are not drawn
@@ -344,19 +344,13 @@ _STAPS: dict[tuple[Dataset, float], tuple[int, float, int, float]] = {
 _STAPS_ATTACK = TrainingAttack(steps=10, step_size=0.2)
 
 
-def _nearest(table: dict, dataset: Dataset, eps: float) -> tuple:
-    dataset = published_dataset(dataset)
-    rows = [(at, row) for (data, at), row in table.items() if data is dataset]
-    return min(rows, key=lambda r: abs(math.log(eps / r[0])))[1]
-
-
 def published_taps(dataset: Dataset, eps: float) -> TapsLoss:
     """TAPS's settings for ``dataset`` at the published eps nearest to ``eps``."""
-    head, scale, steps = _nearest(_TAPS, dataset, eps)
+    head, scale, steps = nearest_published(_TAPS, dataset, eps)
     return TapsLoss(scale, head, steps)
 
 
 def published_staps(dataset: Dataset, eps: float) -> TapsLoss:
     """STAPS's settings for ``dataset`` at the published eps nearest to ``eps``."""
-    head, scale, steps, ratio = _nearest(_STAPS, dataset, eps)
+    head, scale, steps, ratio = nearest_published(_STAPS, dataset, eps)
     return TapsLoss(scale, head, steps, small_box=(ratio, _STAPS_ATTACK))

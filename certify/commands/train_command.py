@@ -228,6 +228,12 @@ class _TrainCommand(CertifyCommand):
     type=float,
     help="mtl-ibp, cc-ibp, exp-ibp: the attack searches eps times this (default: the paper's).",
 )
+@click.option(
+    "--l1",
+    type=float,
+    help="Coefficient of the L1 penalty on the weights, summed as the method's paper sums "
+    "it (default: the paper's; 0 for fast, vanilla, crown-ibp).",
+)
 @click.option("--crop-padding", type=int, help="Random crop after edge padding (0: none).")
 @click.option("--flip/--no-flip", default=None, help="Random horizontal flips.")
 @click.option("--num-train", type=int, help="Use only the first N training images.")
