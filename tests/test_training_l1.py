@@ -4,6 +4,7 @@ coefficients as the presets take them, and its gradient added once per training 
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,14 @@ def test_a_step_adds_its_gradient_once() -> None:
         else:
             expected = torch.zeros_like(before)
         assert torch.allclose(difference, expected, atol=1e-6), name
+
+
+def test_a_run_stored_without_the_penalty_resumes_without_it(tmp_path: Path) -> None:
+    """A checkpoint written before the option existed trained without L1: resuming it
+    with the paper's coefficient would change the experiment, so that is a difference."""
+    sabr = TrainConfig(dataset=Dataset.MNIST, data_dir=tmp_path, out_dir=tmp_path,
+                       method=Method.SABR, eps=0.1)  # fmt: skip
+    old = {k: v for k, v in sabr.to_plain().items() if k != "l1"}
+    assert sabr.differences(old) == ["l1"]
+    assert replace(sabr, l1=0.0).differences(old) == []
+    assert sabr.differences(sabr.to_plain()) == []

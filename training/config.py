@@ -216,6 +216,8 @@ class TrainConfig:
     def differences(self, stored: dict[str, Any]) -> list[str]:
         """Settings that differ from a stored run's, ignoring those a resume may change."""
         mine = self.to_plain()
+        # A run stored before the L1 penalty existed trained without one.
+        stored = {"l1": 0.0, **stored}
         names = [f.name for f in fields(self) if f.name not in RESUMABLE_CHANGES]
         return [n for n in names if n in stored and stored[n] != mine[n]]
 
