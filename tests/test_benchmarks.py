@@ -115,3 +115,16 @@ def test_train_speed_sets_only_the_options_a_method_takes() -> None:
     taps = module._objective(Method.TAPS, Dataset.CIFAR, 8 / 255, overrides).settings()
     assert taps["taps_steps"] == 8 and "attack_steps" not in taps
     assert module._objective(Method.FAST, Dataset.CIFAR, 8 / 255, overrides) is None
+
+
+def test_ctrain_speed_asks_for_the_unpacked_wheel(tmp_path: Path) -> None:
+    """CTRAIN is not installed here: the script says in one line what to give it."""
+    run = subprocess.run(
+        [sys.executable, "benchmarks/ctrain_speed.py", "--ctrain-dir", str(tmp_path),
+         "--method", "sabr"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert (
+        run.stderr.strip().splitlines()[-1].endswith("no CTRAIN package there (unpack the wheel)")
+    )
