@@ -51,8 +51,7 @@ def l1_norm(model: nn.Module, reach: L1Reach) -> Tensor:
     if reach is L1Reach.AFFINE_WEIGHTS:
         return torch.stack([m.weight.abs().sum() for m in layers]).sum()
     per_layer = [
-        m.weight.abs().sum() + (m.bias.abs().sum() if m.bias is not None else 0.0)
-        for m in layers
+        m.weight.abs().sum() + (m.bias.abs().sum() if m.bias is not None else 0.0) for m in layers
     ]
     return torch.stack(per_layer).sum() / len(layers)
 
