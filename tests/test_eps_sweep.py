@@ -44,6 +44,7 @@ def _counting(monkeypatch) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.slow  # about 3 s: the fast subset keeps room under 2 minutes
 def test_a_sweep_gives_the_verdicts_of_separate_runs_with_less_work(monkeypatch) -> None:
     counts = _counting(monkeypatch)
     swept = certify.evaluate_sweep(None, "mnist", RADII, CONFIG)
@@ -105,6 +106,7 @@ def _bisect(bounder, image, label, method, eps, tolerance) -> float:
     return lo
 
 
+@pytest.mark.slow  # about 4 s with both methods
 @pytest.mark.parametrize("method", [BoundMethod.IBP, BoundMethod.CROWN])
 def test_radius_agrees_with_a_bisection_by_hand(method) -> None:
     tolerance, eps = 0.01, 0.45
