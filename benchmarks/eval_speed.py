@@ -72,6 +72,7 @@ def main() -> None:
         "--arch", help="registered architecture (random weights); default: the bundled model"
     )
     parser.add_argument("--eps", type=float, default=0.1)
+    parser.add_argument("--num-samples", type=int, help="the first N test images (default: all)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
@@ -88,7 +89,8 @@ def main() -> None:
     device = resolve_device(args.device)
     data = load_split(args.dataset, args.data_dir, "test")
     model = _model(args).eval().to(device)
-    images, labels = data.images.to(device), data.labels.to(device)
+    images, labels = data.images[: args.num_samples], data.labels[: args.num_samples]
+    images, labels = images.to(device), labels.to(device)
     batches = [
         (images[i : i + args.batch_size], labels[i : i + args.batch_size])
         for i in range(0, len(images), args.batch_size)

@@ -30,9 +30,10 @@ py="${PYTHON:-$root/.venv/bin/python}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 if [ "$quick" = 1 ]; then
-  crown_images=4; train_images=200; eval_images=16; repeats=1; bab_count=1; bab_timeout=5
+  ibp_images=256; crown_images=4; train_images=200; eval_images=16; repeats=1; bab_count=1
+  bab_timeout=2
 else
-  crown_images=100; train_images=""; eval_images=2000; repeats=3; bab_count=4; bab_timeout=60
+  ibp_images=""; crown_images=100; train_images=""; eval_images=2000; repeats=3; bab_count=4; bab_timeout=60
 fi
 bab_images="1206 to $((1206 + bab_count - 1))"
 step() { echo; echo "== $*"; }
@@ -49,8 +50,10 @@ else:
 PY
 
 step "IBP evaluation of the seed's CIFAR cnn (random weights) against a clean forward pass"
-"$py" benchmarks/eval_speed.py --arch cnn --dataset cifar --data-dir "$data_dir" \
-  --device "$device" --methods ibp --repeats "$repeats"
+ibp_args=(--arch cnn --dataset cifar --data-dir "$data_dir" --device "$device" --methods ibp
+          --repeats "$repeats")
+[ -n "$ibp_images" ] && ibp_args+=(--num-samples "$ibp_images")
+"$py" benchmarks/eval_speed.py "${ibp_args[@]}"
 
 step "CROWN on $crown_images CIFAR images of cifar10_resnet_4b.onnx at eps 1/255"
 "$py" -m certify eval "$models_dir/cifar10_resnet_4b.onnx" --dataset cifar --eps 1/255 \
@@ -65,7 +68,7 @@ print(f"{r['num_samples']} images: CROWN verified error {crown:.4f}, "
       f"{r['seconds']['crown']:.1f} s of CROWN ({r['device']})")
 PY
 
-step "bab on mnistfc_256x4.onnx at eps 0.03, images $bab_images, 60 s per image"
+step "bab on mnistfc_256x4.onnx at eps 0.03, images $bab_images, $bab_timeout s per image"
 "$py" -m certify eval "$models_dir/mnistfc_256x4.onnx" --dataset mnist --eps 0.03 \
   --data-dir "$data_dir" --start 1206 --num-samples "$bab_count" --methods crown,bab \
   --timeout "$bab_timeout" --device "$device" --json > "$work/bab.json"

@@ -5,6 +5,7 @@ reports must be inside the ball and misclassified in float64."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -14,7 +15,7 @@ from certify.bounds.bab.beta_crown import SplitBounder
 from certify.bounds.lirpa import bounded_module
 from certify.bounds.margins import margin_matrix
 from certify.evaluation.counterexamples import CounterexampleFinder, double_precision_twin
-from tests.exact_verifier import exact_min_margin
+from tests.exact_verifier import affine_layers, exact_min_margin
 
 # Instances whose exact margin is this close to 0 are left out: float32 bounds cannot
 # decide them either way, and neither answer would be wrong.
@@ -88,13 +89,21 @@ def _near_the_boundary(model: nn.Module, shape: tuple[int, ...], generator: torc
         return image, float((a + hi * (b - a) - image).abs().max())
 
 
-def _exact_radius(model: nn.Module, image: torch.Tensor, label: int, hi: float) -> float:
-    """The largest eps (to 4%) at which the exact verifier finds the image robust."""
-    lo = 0.0
-    while hi - lo > 0.04 * hi:
+def _exact_bracket(model: nn.Module, image: torch.Tensor, label: int, hi: float):
+    """Radii just inside and just outside the exact robust radius (8% apart), with the
+    exact margins there: (lo, margin > 0, hi, margin <= 0). ``hi`` must be attacked."""
+    lo, m_lo = 0.0, exact_min_margin(model, image, label, 0.0)
+    m_hi = None
+    while hi - lo > 0.08 * hi:
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if exact_min_margin(model, image, label, mid) > 0 else (lo, mid)
-    return (lo + hi) / 2
+        m = exact_min_margin(model, image, label, mid)
+        if m > 0:
+            lo, m_lo = mid, m
+        else:
+            hi, m_hi = mid, m
+    if m_hi is None:
+        m_hi = exact_min_margin(model, image, label, hi)
+    return lo, m_lo, hi, m_hi
 
 
 def _instances():
@@ -125,11 +134,12 @@ def test_bab_agrees_with_the_exact_verifier(kind, seed, inputs, width, depth, br
     for trial in range(2):
         image, radius_hi = _near_the_boundary(model, shape, generator)
         label = int(model(image[None]).argmax())
-        radius = _exact_radius(model, image, label, radius_hi)
-        # Just inside and just outside the exact robust radius: the hard instances.
-        for eps in (0.8 * radius, 1.25 * radius):
+        lo, m_lo, hi, m_hi = _exact_bracket(model, image, label, radius_hi)
+        # Just inside and just outside the exact robust radius: the hard instances. The
+        # margin cannot grow with eps, so at most m_hi past hi and at least m_lo before lo.
+        for eps, known in ((0.8 * lo, m_lo), (1.2 * hi, m_hi)):
             _, outcome = _decide(model, image, eps, branching)
-            truth = exact_min_margin(model, image, label, eps)
+            truth = known if abs(known) >= _BORDER else exact_min_margin(model, image, label, eps)
             if abs(truth) < _BORDER:
                 continue
             expected = BabVerdict.VERIFIED if truth > 0 else BabVerdict.ATTACKED
@@ -144,3 +154,38 @@ def test_bab_agrees_with_the_exact_verifier(kind, seed, inputs, width, depth, br
                 assert int(logits.argmax()) != label
     # Both answers occur, so neither direction is tested vacuously.
     assert decided[BabVerdict.VERIFIED] and decided[BabVerdict.ATTACKED], decided
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_the_exact_margin_lies_between_interval_bounds_and_sampled_points(kind) -> None:
+    """The ground truth itself: never above the margin of a point of the ball, never below
+    interval arithmetic's bound (both taken here in float64)."""
+    model = (_dense(7, 3, 12, 2) if kind == "dense" else _conv(7)).double().eval()
+    shape = (3,) if kind == "dense" else (1, 5, 5)
+    generator = torch.Generator().manual_seed(7)
+    image = torch.rand(shape, generator=generator, dtype=torch.float64)
+    label = int(model(image[None]).argmax())
+    for eps in (0.02, 0.1, 0.3):
+        exact = exact_min_margin(model, image, label, eps)
+        lo, hi = (image - eps).clamp(0, 1), (image + eps).clamp(0, 1)
+        points = lo + torch.rand(20_000, *shape, generator=generator, dtype=torch.float64) * (
+            hi - lo
+        )
+        with torch.no_grad():
+            logits = model(points)
+        others = torch.cat([logits[:, :label], logits[:, label + 1 :]], dim=1)
+        sampled = float((logits[:, label : label + 1] - others).min())
+        assert exact <= sampled + 1e-9
+        layers = affine_layers(model, shape)
+        box_lo, box_hi = lo.flatten().numpy(), hi.flatten().numpy()
+        for w, b in layers[:-1]:
+            mid, rad = (box_lo + box_hi) / 2, (box_hi - box_lo) / 2
+            centre, spread = w @ mid + b, np.abs(w) @ rad
+            box_lo, box_hi = np.maximum(centre - spread, 0), np.maximum(centre + spread, 0)
+        w, b = layers[-1]
+        diff_w, diff_b = w[label] - np.delete(w, label, 0), b[label] - np.delete(b, label)
+        mid, rad = (box_lo + box_hi) / 2, (box_hi - box_lo) / 2
+        interval = float((diff_w @ mid + diff_b - np.abs(diff_w) @ rad).min())
+        assert interval - 1e-9 <= exact
+        if eps == 0.1:
+            assert interval < exact - 1e-3  # the bounds differ: neither check is vacuous

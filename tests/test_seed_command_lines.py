@@ -303,7 +303,7 @@ def test_readme_mnist_command_trains_into_its_run_folder(seed_dir: Path, shared_
     # The README's MNIST command for one epoch. The subset flags keep it short on a
     # CPU: the seed's CNN-7 takes seconds per batch there.
     line = README["mnist"][0] + f" --num-epochs=1 --data-dir {shared_data}"
-    subset = ["--num-train", "600", "--val-size", "88", "--test-samples", "20"]
+    subset = ["--num-train", "256", "--val-size", "88", "--test-samples", "20"]
     result = CliRunner().invoke(cli, ["train", *_seed_args(line), *subset])
     assert result.exit_code == 0, result.output
     run = seed_dir / "model_mnist"
