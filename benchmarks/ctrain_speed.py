@@ -26,26 +26,27 @@ eps_max, where CTRAIN takes the TAPS loss.
 
     pip download --no-deps ctrain==0.6.1 -d ctrain && unzip -q ctrain/*.whl -d ctrain/src
     python benchmarks/ctrain_speed.py --ctrain-dir ctrain/src --method sabr \
-        --batch 64 --steps 4 --eps 8/255 --cifar ~/data/cifar-10-batches-py
+        --batch 64 --steps 4 --eps 8/255 --data-dir ~/data
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import importlib
+import importlib.machinery
 import sys
 import time
 import types
 from pathlib import Path
 
 from certify.core.eps import parse_eps
+from certify.core.errors import DataError
+from certify.data import load_split
 
 SHIMS: list[str] = []  # what install_shims did, printed with the result
 
 
 def _stub(name: str, **attrs) -> types.ModuleType:
-    import importlib.machinery
-
     module = types.ModuleType(name)
     module.__dict__.update(attrs)
     # A spec without origin: torch._dynamo's find_spec() walk over optional packages
@@ -59,7 +60,7 @@ def _stub(name: str, **attrs) -> types.ModuleType:
 
 def _unavailable(what: str):
     def fail(*args, **kwargs):
-        raise RuntimeError(f"{what} is stubbed out by ctrain_step.py (not available offline)")
+        raise RuntimeError(f"{what} is stubbed out by ctrain_speed.py (not available offline)")
 
     return fail
 
@@ -67,8 +68,6 @@ def _unavailable(what: str):
 def _import_or_stub(name: str, attrs: dict, why: str, try_real: bool = True) -> None:
     """Stub ``name`` (and its missing parents) when the real package cannot be imported.
     try_real=False: stub the leaf only, without running the real package's __init__s."""
-    import importlib
-
     if not try_real:
         _stub(name, **attrs)
         SHIMS.append(f"stub {name} ({why})")
@@ -164,8 +163,6 @@ def install_shims() -> None:
     #    (the GitHub auto_LiRPA's name; 0.3 names it '/input.1', CTRAIN's own comment shows
     #    the old name). Wrap it to alias that key to the input node for the call only, and
     #    put the wrapper where the train loops imported the function by name.
-    import importlib
-
     shi_reg = importlib.import_module("CTRAIN.train.certified.regularisers.shi")
     original = shi_reg.get_shi_regulariser
 
@@ -244,19 +241,13 @@ class TimedLoader:
         self.cpu.append(time.process_time())
 
 
+# Per method: CTRAIN's wrapper class, and its module of CTRAIN.train.certified.
 METHODS = {
-    "shi": "ShiIBPModelWrapper",
-    "sabr": "SABRModelWrapper",
-    "mtl-ibp": "MTLIBPModelWrapper",
-    "taps": "TAPSModelWrapper",
-    "staps": "STAPSModelWrapper",
-}
-TRAIN_MODULES = {
-    "shi": "shi_ibp",
-    "sabr": "sabr",
-    "mtl-ibp": "mtl_ibp",
-    "taps": "taps",
-    "staps": "staps",
+    "shi": ("ShiIBPModelWrapper", "shi_ibp"),
+    "sabr": ("SABRModelWrapper", "sabr"),
+    "mtl-ibp": ("MTLIBPModelWrapper", "mtl_ibp"),
+    "taps": ("TAPSModelWrapper", "taps"),
+    "staps": ("STAPSModelWrapper", "staps"),
 }
 # CTRAIN has no default split (its TAPS wrappers require one): the head of the last four
 # of CNN7's 20 layers, as certify's TAPS and STAPS take at 8/255.
@@ -300,11 +291,11 @@ def main() -> None:
     parser.add_argument("--block-sizes", default=None, help="TAPS/STAPS split F,H (sum 20)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--cifar",
+        "--data-dir",
         default=None,
         metavar="DIR",
-        help="take the batches from DIR/data_batch_1 (cifar-10-batches-py) "
-        "instead of uniform noise; the cost of a step does not depend on it",
+        help="take the batches from the CIFAR-10 training images in DIR (the folder that "
+        "holds cifar-10-batches-py) instead of uniform noise; a step costs the same",
     )
     args = parser.parse_args()
     if not (args.ctrain_dir / "CTRAIN").is_dir():
@@ -345,7 +336,8 @@ def main() -> None:
         if args.block_sizes:
             blocks = tuple(int(v) for v in args.block_sizes.split(","))
         kwargs["block_sizes"] = blocks
-    wrapper = getattr(wrappers, METHODS[args.method])(**kwargs)
+    wrapper_name, train_module = METHODS[args.method]
+    wrapper = getattr(wrappers, wrapper_name)(**kwargs)
     # train_model skips CTRAIN's Shi init when start_epoch > 0: apply it as epoch 0 would.
     ibp_init_shi(wrapper.original_model, wrapper.bounded_model)
 
@@ -353,19 +345,18 @@ def main() -> None:
     std = torch.tensor([0.2023, 0.1994, 0.2010])
     g = torch.Generator().manual_seed(args.seed)
     batches = []
-    if args.cifar:
-        import pickle
-
-        with open(os.path.join(args.cifar, "data_batch_1"), "rb") as f:
-            raw = pickle.load(f, encoding="bytes")
-        raw = {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
-        images = torch.as_tensor(raw["data"]).view(-1, 3, 32, 32).float() / 255
-        labels = torch.as_tensor(raw["labels"])
-        assert (1 + args.steps) * args.batch <= len(labels), "not enough images in data_batch_1"
+    if args.data_dir:
+        needed = (1 + args.steps) * args.batch
+        try:
+            cifar = load_split("cifar", args.data_dir, "train", num_samples=needed)
+        except DataError as error:
+            parser.error(str(error))
+        if len(cifar) < needed:
+            parser.error(f"{args.data_dir}: fewer than {needed} CIFAR-10 training images")
     for i in range(1 + args.steps):
-        if args.cifar:
-            x = images[i * args.batch : (i + 1) * args.batch]
-            y = labels[i * args.batch : (i + 1) * args.batch]
+        if args.data_dir:
+            x = cifar.images[i * args.batch : (i + 1) * args.batch]
+            y = cifar.labels[i * args.batch : (i + 1) * args.batch]
         else:
             x = torch.rand(args.batch, 3, 32, 32, generator=g)
             y = torch.randint(0, 10, (args.batch,), generator=g)
@@ -374,10 +365,8 @@ def main() -> None:
 
     # Record the timed epoch's mean loss from CTRAIN's own end-of-epoch summary (called
     # after the last timed step, so outside the timed region).
-    import importlib
-
     losses = []
-    module = importlib.import_module(f"CTRAIN.train.certified.{TRAIN_MODULES[args.method]}")
+    module = importlib.import_module(f"CTRAIN.train.certified.{train_module}")
     summary = module.log_epoch_summary
 
     def log_epoch_summary(*a, **k):
